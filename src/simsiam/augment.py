@@ -1,0 +1,303 @@
+"""SimSiam's view augmentations, batched: one call per batch, random parameters per sample.
+
+The recipe is SimCLR's as the paper gives it (section 4 and appendix A): random
+resized crop (scale 0.2-1), horizontal flip, color jitter (0.4, 0.4, 0.4, 0.1)
+with p=0.8, grayscale with p=0.2, Gaussian blur, and optional solarization.
+Every step is tensor arithmetic on the whole batch, so the same code runs on CPU
+tensors and on CUDA tensors with no Python call per image:
+
+- crop, flips and rotation are folded into one affine matrix per sample and
+  applied by a single ``grid_sample`` straight to the output size;
+- jitter, grayscale and solarization are broadcast arithmetic with per-sample
+  factors (a sample that skips a step gets the identity factor);
+- blur is a separable convolution with one kernel per sample (grouped conv).
+
+One deliberate difference from torchvision's ColorJitter: brightness, contrast,
+saturation and hue are applied in that fixed order rather than a random order
+per image, which keeps the batch in one pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ROTATIONS = ("none", "90", "free")
+_GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as torchvision's rgb_to_grayscale
+
+
+@dataclass
+class ViewParams:
+    """The random parameters of one batch of views; each field has one entry per sample."""
+
+    crop: torch.Tensor  # (B, 4) centre x, centre y, width, height, as fractions of the source
+    hflip: torch.Tensor  # (B,) bool
+    vflip: torch.Tensor  # (B,) bool
+    angle: torch.Tensor  # (B,) radians
+    jitter: torch.Tensor  # (B,) bool: color jitter applied
+    brightness: torch.Tensor  # (B,) factor, 1 = unchanged
+    contrast: torch.Tensor  # (B,)
+    saturation: torch.Tensor  # (B,)
+    hue: torch.Tensor  # (B,) shift in turns, 0 = unchanged
+    gray: torch.Tensor  # (B,) bool
+    blur_sigma: torch.Tensor  # (B,) pixels, 0 = no blur
+    solarize: torch.Tensor  # (B,) bool
+
+
+class Augment:
+    """Turns a batch of images into SimSiam views, each sample with its own random parameters.
+
+    Input: (B, 3, H, W) uint8 in [0, 255] or float in [0, 1], on any device.
+    Output: (B, 3, size, size) float32, normalised with ``mean`` and ``std``.
+
+    >>> aug = Augment(size=32, seed=0)
+    >>> images = torch.randint(0, 256, (8, 3, 40, 40), dtype=torch.uint8)
+    >>> x1, x2 = aug(images), aug(images)
+    >>> x1.shape, bool((x1 - x2).abs().sum() > 0)
+    (torch.Size([8, 3, 32, 32]), True)
+
+    blur_p=None picks the paper's defaults: blur (p=0.5) for images over 64 px and
+    none for small images, where a blur of sigma up to 2 px wipes out the content
+    (the paper's CIFAR recipe has no blur). vflip and rotate ("90" or "free") are
+    for data with no canonical orientation, such as satellite or microscopy images.
+    """
+
+    def __init__(
+        self,
+        size: int = 224,
+        min_scale: float = 0.2,
+        max_scale: float = 1.0,
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        hflip_p: float = 0.5,
+        vflip_p: float = 0.0,
+        rotate: str = "none",
+        jitter_p: float = 0.8,
+        brightness: float = 0.4,
+        contrast: float = 0.4,
+        saturation: float = 0.4,
+        hue: float = 0.1,
+        grayscale_p: float = 0.2,
+        blur_p: float | None = None,
+        blur_sigma: tuple[float, float] = (0.1, 2.0),
+        solarize_p: float = 0.0,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        seed: int | None = None,
+    ):
+        if size < 1:
+            raise ValueError(f"size must be positive, got {size}")
+        if not 0 < min_scale <= max_scale <= 1:
+            raise ValueError(f"need 0 < min_scale <= max_scale <= 1, got {min_scale}, {max_scale}")
+        if not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"need 0 < ratio[0] <= ratio[1], got {ratio}")
+        if rotate not in ROTATIONS:
+            raise ValueError(f"rotate must be one of {', '.join(ROTATIONS)}, got {rotate!r}")
+        probabilities = dict(hflip_p=hflip_p, vflip_p=vflip_p, jitter_p=jitter_p, grayscale_p=grayscale_p, solarize_p=solarize_p)
+        for name, p in probabilities.items():
+            if not 0 <= p <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {p}")
+        if not 0 <= hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5], got {hue}")
+        self.size = size
+        self.min_scale, self.max_scale, self.ratio = min_scale, max_scale, tuple(ratio)
+        self.hflip_p, self.vflip_p, self.rotate = hflip_p, vflip_p, rotate
+        self.jitter_p, self.brightness, self.contrast, self.saturation, self.hue = jitter_p, brightness, contrast, saturation, hue
+        self.grayscale_p = grayscale_p
+        self.blur_p = (0.5 if size > 64 else 0.0) if blur_p is None else blur_p
+        if not 0 <= self.blur_p <= 1:
+            raise ValueError(f"blur_p must be in [0, 1], got {blur_p}")
+        self.blur_sigma = tuple(blur_sigma)
+        # SimCLR's kernel: about a tenth of the image side, odd.
+        self.blur_kernel = max(3, 2 * int(0.05 * size) + 1)
+        self.solarize_p = solarize_p
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    # -- randomness -----------------------------------------------------------------
+
+    def _generator(self, device: torch.device) -> torch.Generator | None:
+        if self.seed is None:
+            return None  # torch's global RNG, seeded by the caller (Lightning's seed_everything)
+        if device not in self._generators:
+            g = torch.Generator(device=device)
+            g.manual_seed(self.seed)
+            self._generators[device] = g
+        return self._generators[device]
+
+    def sample(self, batch: int, height: int, width: int, device: torch.device | str = "cpu") -> ViewParams:
+        """Draw the parameters of ``batch`` views of (height x width) images."""
+        device = torch.device(device)
+        g = self._generator(device)
+
+        def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
+            return torch.rand(*shape, generator=g, device=device) * (hi - lo) + lo
+
+        def coin(p: float) -> torch.Tensor:
+            return torch.rand(batch, generator=g, device=device) < p
+
+        B, tries = batch, 10
+        # Random resized crop, torchvision's rule drawn for all samples at once: up to
+        # ten (area, aspect) tries, keep the first that fits inside the image.
+        area = uniform(self.min_scale, self.max_scale, B, tries) * (height * width)
+        log_r = uniform(math.log(self.ratio[0]), math.log(self.ratio[1]), B, tries)
+        w = torch.sqrt(area * torch.exp(log_r))
+        h = torch.sqrt(area / torch.exp(log_r))
+        fits = (w <= width) & (h <= height)
+        first = torch.argmax(fits.int(), dim=1, keepdim=True)  # (B, 1) first fitting try
+        w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+        # torchvision's fallback when no try fits: the whole image, ratio clamped.
+        whole_w = min(float(width), height * self.ratio[1])
+        whole_h = min(float(height), width / self.ratio[0])
+        any_fit = fits.any(dim=1)
+        w = torch.where(any_fit, w, torch.full_like(w, whole_w))
+        h = torch.where(any_fit, h, torch.full_like(h, whole_h))
+        cx = torch.rand(B, generator=g, device=device) * (width - w) + w / 2
+        cy = torch.rand(B, generator=g, device=device) * (height - h) + h / 2
+        crop = torch.stack([cx / width, cy / height, w / width, h / height], dim=1)
+
+        if self.rotate == "90":
+            angle = torch.randint(0, 4, (B,), generator=g, device=device).float() * (math.pi / 2)
+        elif self.rotate == "free":
+            angle = uniform(-math.pi, math.pi, B)
+        else:
+            angle = torch.zeros(B, device=device)
+
+        jitter = coin(self.jitter_p)
+        one = torch.ones(B, device=device)
+        brightness = torch.where(jitter, uniform(max(0.0, 1 - self.brightness), 1 + self.brightness, B), one)
+        contrast = torch.where(jitter, uniform(max(0.0, 1 - self.contrast), 1 + self.contrast, B), one)
+        saturation = torch.where(jitter, uniform(max(0.0, 1 - self.saturation), 1 + self.saturation, B), one)
+        hue = torch.where(jitter, uniform(-self.hue, self.hue, B), 0 * one)
+        blur = coin(self.blur_p)
+        blur_sigma = torch.where(blur, uniform(*self.blur_sigma, B), 0 * one)
+        return ViewParams(
+            crop=crop,
+            hflip=coin(self.hflip_p),
+            vflip=coin(self.vflip_p),
+            angle=angle,
+            jitter=jitter,
+            brightness=brightness,
+            contrast=contrast,
+            saturation=saturation,
+            hue=hue,
+            gray=coin(self.grayscale_p),
+            blur_sigma=blur_sigma,
+            solarize=coin(self.solarize_p),
+        )
+
+    # -- pixels -----------------------------------------------------------------------
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Views of a (B, 3, H, W) batch; call twice for x1 and x2."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected a (B, 3, H, W) batch, got shape {tuple(images.shape)}")
+        B, _, H, W = images.shape
+        return self.apply(images, self.sample(B, H, W, images.device))
+
+    def apply(self, images: torch.Tensor, params: ViewParams) -> torch.Tensor:
+        """Render views of ``images`` with the given parameters (deterministic)."""
+        x = images.float()
+        if images.dtype == torch.uint8:
+            x = x / 255.0
+        x = self._resample(x, params)  # (B, 3, size, size) in [0, 1]
+        x = _adjust_brightness(x, params.brightness)
+        x = _adjust_contrast(x, params.contrast)
+        x = _adjust_saturation(x, params.saturation)
+        if self.hue > 0:
+            x = torch.where(params.jitter[:, None, None, None], _shift_hue(x, params.hue), x)
+        if self.grayscale_p > 0:
+            x = torch.where(params.gray[:, None, None, None], _grayscale(x).expand_as(x), x)
+        if self.blur_p > 0:
+            x = _gaussian_blur(x, params.blur_sigma, self.blur_kernel)
+        if self.solarize_p > 0:
+            x = torch.where(params.solarize[:, None, None, None] & (x >= 0.5), 1.0 - x, x)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def _resample(self, x: torch.Tensor, params: ViewParams) -> torch.Tensor:
+        # One affine map per sample from output coordinates to input coordinates
+        # (both in grid_sample's [-1, 1] units): rotate, flip, scale to the crop size,
+        # move to the crop centre.
+        cx, cy, cw, ch = params.crop.unbind(1)
+        sx = torch.where(params.hflip, -cw, cw)
+        sy = torch.where(params.vflip, -ch, ch)
+        cos, sin = torch.cos(params.angle), torch.sin(params.angle)
+        theta = torch.stack(
+            [
+                torch.stack([sx * cos, -sx * sin, 2 * cx - 1], dim=1),
+                torch.stack([sy * sin, sy * cos, 2 * cy - 1], dim=1),
+            ],
+            dim=1,
+        )  # (B, 2, 3)
+        grid = F.affine_grid(theta, [x.shape[0], 3, self.size, self.size], align_corners=False)
+        padding = "reflection" if self.rotate == "free" else "border"
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+
+
+def _grayscale(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    return (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b).unsqueeze(1)  # (B, 1, H, W)
+
+
+def _adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (x * factor[:, None, None, None]).clamp(0, 1)
+
+
+def _adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    mean = _grayscale(x).mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1), torchvision's definition
+    f = factor[:, None, None, None]
+    return (f * x + (1 - f) * mean).clamp(0, 1)
+
+
+def _adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    f = factor[:, None, None, None]
+    return (f * x + (1 - f) * _grayscale(x)).clamp(0, 1)
+
+
+def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate hue by ``shift`` turns per sample, through HSV as torchvision does.
+
+    A hue rotation keeps each pixel's max v and chroma c; only the hue angle moves.
+    Matches torchvision's adjust_hue to float rounding (tests/test_augment.py).
+    """
+    r, g, b = x.unbind(1)  # (B, H, W) each
+    v = torch.maximum(torch.maximum(r, g), b)
+    c = v - torch.minimum(torch.minimum(r, g), b)
+    sector = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * c, r - g + 4 * c))
+    h6 = sector / c.clamp_min(1e-8) + 6 * shift[:, None, None]  # hue in sixths of a turn
+    h6 = h6 - 6 * torch.floor(h6 / 6)  # wrapped to [0, 6)
+    # HSV -> RGB without branches: channel n is v - c*clamp(min(k, 4-k), 0, 1) with
+    # k = (n + h6) mod 6 and n = 5, 3, 1 for red, green, blue.
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = h6 + n
+        k = torch.where(k >= 6, k - 6, k)
+        out.append(v - c * torch.clamp(torch.minimum(k, 4 - k), 0, 1))
+    return torch.stack(out, dim=1)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Separable Gaussian blur with one sigma per sample; sigma 0 leaves the sample unchanged."""
+    B, C, H, W = x.shape
+    half = kernel_size // 2
+    offsets = torch.arange(-half, half + 1, device=x.device, dtype=x.dtype)  # (k,)
+    s = sigma.clamp_min(1e-3)[:, None]  # (B, 1)
+    kernel = torch.exp(-(offsets[None] ** 2) / (2 * s**2))  # (B, k)
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    kernel = kernel.repeat_interleave(C, dim=0)  # (B*C, k): one kernel per sample and channel
+    pad = min(half, H - 1, W - 1)
+    y = x.reshape(1, B * C, H, W)
+    if pad < half:  # reflection padding needs pad < side; tiny images get a cropped kernel
+        kernel = kernel[:, half - pad : half + pad + 1]
+        kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    y = F.pad(y, (pad, pad, pad, pad), mode="reflect")
+    y = F.conv2d(y, kernel[:, None, None, :], groups=B * C)  # along width
+    y = F.conv2d(y, kernel[:, None, :, None], groups=B * C)  # along height
+    return y.reshape(B, C, H, W)

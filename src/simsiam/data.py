@@ -1,0 +1,321 @@
+"""Image sources decoded once into one uint8 tensor.
+
+Data flows one way: files -> (N, 3, S, S) uint8 cache -> device -> batched
+augmentation. Three sources are understood:
+
+- a folder of images, searched recursively: flat (unlabeled), or with one
+  subfolder per class (the subfolder names become the labels);
+- a CIFAR-10 "python version" folder (data_batch_1..5) or one batch file;
+- the bundled demo set (``data=None``): 5,000 labeled 32x32 images of CIFAR-10's
+  validation split, stored as their JPEG bytes in one 5 MB file.
+
+Decoding uses Pillow (torchvision's own image datasets use it too): it reads every
+format people keep images in (BMP and TIFF included), applies EXIF rotation,
+converts palette, CMYK, 16-bit and alpha images to RGB, and decodes large JPEGs
+at a reduced scale (``draft``), which is most of the cost on big photos. Every
+image is resized (shorter side to S) and centre-cropped to S x S, once; the
+result is saved under ~/.cache/simsiam (or $SIMSIAM_CACHE) and reused while the
+files are unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import statistics
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFile, ImageOps
+from tqdm.auto import tqdm
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+DEMO_FILE = Path(__file__).parent / "demo" / "cifar10_demo.npz"
+DEFAULT_MAX_SIZE = 224
+CACHE_VERSION = 1
+# Refuse decompression bombs far beyond any photo, but allow big satellite tiles.
+Image.MAX_IMAGE_PIXELS = 1 << 30
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file or folder at fault."""
+
+
+class SkippedImagesWarning(UserWarning):
+    """Some files could not be decoded and were left out (see --strict)."""
+
+
+@dataclass
+class ImageSet:
+    """Decoded images with their labels and where they came from."""
+
+    images: torch.Tensor  # (N, 3, S, S) uint8
+    labels: torch.Tensor | None  # (N,) int64, or None for unlabeled data
+    classes: list[str]
+    paths: list[str]
+    source: str
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[-1]
+
+    def subset(self, index: torch.Tensor) -> "ImageSet":
+        index = torch.as_tensor(index, dtype=torch.long)
+        return ImageSet(
+            images=self.images[index],
+            labels=None if self.labels is None else self.labels[index],
+            classes=self.classes,
+            paths=[self.paths[i] for i in index.tolist()],
+            source=self.source,
+        )
+
+    def split(self, held_out: float, seed: int = 0) -> tuple["ImageSet", "ImageSet"]:
+        """A random split, stratified by label: (rest, held-out fraction)."""
+        g = torch.Generator().manual_seed(seed)
+        groups = [torch.arange(len(self))] if self.labels is None else [
+            torch.nonzero(self.labels == c).flatten() for c in range(len(self.classes))
+        ]
+        keep, out = [], []
+        for idx in groups:
+            idx = idx[torch.randperm(len(idx), generator=g)]
+            n_out = int(round(len(idx) * held_out))
+            out.append(idx[:n_out])
+            keep.append(idx[n_out:])
+        return self.subset(torch.cat(keep).sort().values), self.subset(torch.cat(out).sort().values)
+
+
+# -- decoding ------------------------------------------------------------------------
+
+
+def decode_image(source: str | Path | bytes, size: int) -> torch.Tensor:
+    """One image file (or its bytes) as a (3, size, size) uint8 tensor, RGB.
+
+    Shorter side resized to ``size`` (antialiased), then centre-cropped.
+    Raises OSError or ValueError (Pillow's) for files that are not images.
+    """
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+        if img.format == "JPEG":
+            img.draft("RGB", (size, size))  # decode at 1/2, 1/4 or 1/8 scale when that still covers size
+        img = ImageOps.exif_transpose(img)
+        img = _to_rgb(img)
+        img = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
+        array = np.asarray(img, dtype=np.uint8)  # (S, S, 3)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit and 32-bit integer images: scale the full range to 8 bits
+        # (Pillow's plain convert("RGB") would clip everything above 255).
+        array = np.asarray(img, dtype=np.float64)
+        hi = array.max() if array.size else 1.0
+        scale = 255.0 / (65535.0 if hi > 255 else 255.0)
+        img = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Transparent pixels over white, as a viewer shows them, not over black.
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+# -- folders -------------------------------------------------------------------------
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def list_images(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
+    """Image files under ``root``, and labels when the images sit in class subfolders.
+
+    Hidden files and folders are skipped; symbolic links are followed once (loops
+    are cut by remembering the real paths visited).
+    """
+    files: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        for name in sorted(filenames):
+            if not _is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS):
+                files.append(Path(dirpath) / name)
+    top_level = [f for f in files if f.parent == root]
+    class_dirs = sorted({f.relative_to(root).parts[0] for f in files if f.parent != root})
+    if top_level or not class_dirs:
+        return files, None, []
+    empty = sorted(d.name for d in root.iterdir() if d.is_dir() and not _is_hidden(d.name) and d.name not in class_dirs)
+    if empty:
+        warnings.warn(f"{root}: class folders with no images are ignored: {', '.join(empty)}", SkippedImagesWarning, stacklevel=2)
+    index = {c: i for i, c in enumerate(class_dirs)}
+    labels = [index[f.relative_to(root).parts[0]] for f in files]
+    return files, labels, class_dirs
+
+
+def _auto_size(files: list[Path], max_size: int = DEFAULT_MAX_SIZE) -> int:
+    """The median shorter side of a sample of the images, capped at ``max_size``."""
+    sides = []
+    for f in files[:: max(1, len(files) // 200)][:200]:
+        try:
+            with Image.open(f) as img:
+                sides.append(min(img.size))
+        except Exception:  # unreadable files are reported by the decoding pass
+            continue
+    return min(max_size, int(statistics.median(sides))) if sides else max_size
+
+
+def _cache_key(kind: str, root: Path, files: list[Path], size: int) -> str:
+    h = hashlib.sha1(f"{CACHE_VERSION}|{kind}|{root.resolve()}|{size}".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SIMSIAM_CACHE", Path.home() / ".cache" / "simsiam"))
+
+
+def _load_cached(key: str) -> dict | None:
+    path = cache_dir() / f"{key}.pt"
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception:
+        return None  # a stale or damaged cache is rebuilt, never trusted
+
+
+def _save_cached(key: str, payload: dict) -> None:
+    path = cache_dir() / f"{key}.pt"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only home only costs the next run a decode
+        warnings.warn(f"could not write the image cache {path}: {e}", stacklevel=2)
+
+
+def _decode_all(files: list[Path], size: int, strict: bool, progress: bool) -> tuple[torch.Tensor, list[int]]:
+    out = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
+    bad: list[tuple[Path, str]] = []
+
+    def work(i: int) -> None:
+        try:
+            out[i] = decode_image(files[i], size)
+        except Exception as e:  # Pillow raises many types for broken files
+            if strict:
+                raise DataError(f"{files[i]}: cannot decode image ({type(e).__name__}: {e})") from e
+            bad.append((files[i], f"{type(e).__name__}: {e}"))
+
+    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) + 1)) as pool:
+        list(tqdm(pool.map(work, range(len(files))), total=len(files), desc="decoding images", disable=not progress, unit="img"))
+    if bad:
+        names = "; ".join(f"{p} ({why})" for p, why in bad[:20]) + (" ..." if len(bad) > 20 else "")
+        warnings.warn(f"skipped {len(bad)} of {len(files)} files that could not be decoded: {names}", SkippedImagesWarning, stacklevel=2)
+    bad_set = {p for p, _ in bad}
+    keep = [i for i, f in enumerate(files) if f not in bad_set]
+    return out, keep
+
+
+def load_folder(root: Path, image_size: int | None = None, strict: bool = False, progress: bool = True) -> ImageSet:
+    files, labels, classes = list_images(root)
+    if not files:
+        raise DataError(f"{root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
+    size = image_size or _auto_size(files)
+    key = _cache_key("folder", root, files, size)
+    cached = None if strict else _load_cached(key)
+    if cached is None:
+        images, keep = _decode_all(files, size, strict, progress)
+        cached = dict(
+            images=images[keep].clone() if len(keep) < len(files) else images,
+            labels=None if labels is None else torch.tensor([labels[i] for i in keep], dtype=torch.long),
+            classes=classes,
+            paths=[str(files[i]) for i in keep],
+        )
+        if not keep:
+            raise DataError(f"{root}: none of the {len(files)} image files could be decoded")
+        _save_cached(key, cached)
+    return ImageSet(cached["images"], cached["labels"], list(cached["classes"]), list(cached["paths"]), str(root))
+
+
+# -- CIFAR-10 python batches -----------------------------------------------------------
+
+
+def _is_cifar(path: Path) -> bool:
+    if path.is_file():
+        return path.name.startswith(("data_batch", "test_batch"))
+    return (path / "data_batch_1").is_file() or (path / "test_batch").is_file()
+
+
+def load_cifar(path: Path, image_size: int | None = None) -> ImageSet:
+    """The CIFAR-10 python version: a folder (its data_batch_* files) or one batch file."""
+    files = [path] if path.is_file() else sorted(path.glob("data_batch_*")) or [path / "test_batch"]
+    meta = (path.parent if path.is_file() else path) / "batches.meta"
+    images, labels, paths = [], [], []
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                batch = pickle.load(fh, encoding="bytes")
+            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            labels += list(batch[b"labels"])
+        except Exception as e:
+            raise DataError(f"{f}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from e
+        images.append(torch.from_numpy(data))
+        paths += [f"{f}#{i}" for i in range(len(data))]
+    classes = [str(i) for i in range(10)]
+    if meta.is_file():
+        with open(meta, "rb") as fh:
+            classes = [c.decode() for c in pickle.load(fh, encoding="bytes")[b"label_names"]]
+    x = torch.cat(images)
+    if image_size and image_size != 32:
+        x = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", antialias=True).round().clamp(0, 255).to(torch.uint8)
+    return ImageSet(x, torch.tensor(labels, dtype=torch.long), classes, paths, str(path))
+
+
+# -- the demo set --------------------------------------------------------------------------
+
+
+def load_demo(image_size: int | None = None) -> ImageSet:
+    """The bundled demo set: 5,000 labeled 32x32 CIFAR-10 validation images."""
+    with np.load(DEMO_FILE) as z:
+        blob, offsets, labels, classes = z["jpeg"].tobytes(), z["offsets"], z["labels"], z["classes"]
+    size = image_size or 32
+    images = torch.stack([decode_image(blob[offsets[i] : offsets[i + 1]], size) for i in range(len(labels))])
+    paths = [f"demo#{i}" for i in range(len(labels))]
+    return ImageSet(images, torch.from_numpy(labels.astype(np.int64)), [str(c) for c in classes], paths, "demo")
+
+
+def load(data: str | Path | None, image_size: int | None = None, strict: bool = False, progress: bool = True) -> ImageSet:
+    """Load DATA as the CLI understands it: None (the demo set), an image folder, or CIFAR-10 batches.
+
+    >>> ds = load(None)
+    >>> ds.images.shape, ds.images.dtype, len(ds.classes)
+    (torch.Size([5000, 3, 32, 32]), torch.uint8, 10)
+    """
+    if data is None:
+        return load_demo(image_size)
+    path = Path(data)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if _is_cifar(path):
+        return load_cifar(path, image_size)
+    if not path.is_dir():
+        raise DataError(f"{path}: expected a folder of images or a CIFAR-10 python batch")
+    return load_folder(path, image_size, strict=strict, progress=progress)

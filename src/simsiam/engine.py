@@ -1,0 +1,492 @@
+"""Training: the LightningModule, its optimizer and schedule, and the run folder.
+
+Lightning owns devices, precision, DDP, SyncBatchNorm, checkpoints and logging.
+What is ours: the uint8 image cache living on the training device, batched
+augmentation inside the training step, and a step that never forces a
+host-device sync except every ``log_every`` steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .augment import Augment
+from .config import AugmentConfig, TrainConfig
+from .data import ImageSet
+from .evaluate import collapse_level, extract_features, knn_accuracy, z_std
+from .loss import simsiam_loss
+from .model import SimSiam
+
+METRIC_COLUMNS = ("epoch", "loss", "z_std", "collapse", "lr", "images_per_s", "knn_top1", "seconds")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class CollapseWarning(UserWarning):
+    """The representation is collapsing: z_std has fallen far below 1/sqrt(d)."""
+
+
+# -- pure functions of the step ----------------------------------------------------------
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """Multiplier of the base lr at ``step``: linear warmup, then cosine decay to 0 (paper, section 4).
+
+    >>> lr_factor(0, 100), lr_factor(50, 100), lr_factor(100, 100)
+    (1.0, 0.5, 0.0)
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def describe_collapse(level: float) -> str:
+    if level < 0.05:
+        return "collapsed"
+    if level < 0.25:
+        return "collapsing"
+    return "healthy"
+
+
+def build_model(cfg: TrainConfig) -> SimSiam:
+    m = cfg.model
+    return SimSiam(
+        backbone=m.backbone,
+        small_images=bool(m.small_images),
+        proj_dim=m.proj_dim,
+        proj_hidden_dim=m.proj_hidden_dim,
+        proj_layers=m.proj_layers,
+        pred_hidden_dim=m.pred_hidden_dim,
+        stop_gradient=m.stop_gradient,
+        predictor=m.predictor,
+    )
+
+
+def build_augment(cfg: AugmentConfig, size: int) -> Augment:
+    values = {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
+    return Augment(size=size, **values)
+
+
+# -- batches of indices ---------------------------------------------------------------------
+
+
+class ShardedBatches(Sampler):
+    """Batches of indices into the image cache: one shard per process, reshuffled every epoch.
+
+    Every epoch draws one permutation from (seed, epoch), identical on all
+    processes; process r takes positions r, r + world, ... so the shards are
+    disjoint and together cover the epoch. The incomplete last batch is dropped
+    (batch norm and the loss want full batches).
+    """
+
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0):
+        self.n, self.batch_size, self.rank, self.world_size, self.seed = n, batch_size, rank, world_size, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this before each epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n // (self.batch_size * self.world_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g)
+        shard = perm[self.rank :: self.world_size]
+        for i in range(len(self)):
+            yield shard[i * self.batch_size : (i + 1) * self.batch_size]
+
+
+class _Identity(Dataset):
+    """A 'dataset' whose item for a batch of indices is that batch: the images stay in the module."""
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        return index
+
+
+# -- the LightningModule ---------------------------------------------------------------------
+
+
+class SimSiamModule(L.LightningModule):
+    """SimSiam training on a uint8 image cache. Build with a resolved :class:`TrainConfig` dict."""
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.cfg = TrainConfig.from_dict(config)
+        self.model = build_model(self.cfg)
+        self.augment = build_augment(self.cfg.augment, self.cfg.image_size)
+        self.train_images: torch.Tensor | None = None
+        self.bank: ImageSet | None = None  # labeled images whose features vote in the online kNN
+        self.query: ImageSet | None = None  # labeled images classified by the online kNN
+        self.knn_init: float | None = None  # kNN top-1 of the random-init backbone
+        self.rows: list[dict[str, Any]] = []  # one per finished epoch
+        self.run_dir: Path | None = None  # where metrics.csv goes (rank 0 writes it)
+        self._step_fn = self._compute  # replaced by its compiled version on fit start
+        self._sums: torch.Tensor | None = None  # (loss, z_std, steps) summed on the device
+
+    # data ---------------------------------------------------------------------
+
+    def attach_data(self, train: ImageSet, bank: ImageSet | None = None, query: ImageSet | None = None) -> None:
+        self.train_images = train.images
+        self.bank, self.query = bank, query
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_images is not None, "attach_data() first"
+        world = self.trainer.world_size
+        per_process = self.cfg.batch_size // world
+        sampler = ShardedBatches(self.train_images.shape[0], per_process, self.trainer.global_rank, world, self.cfg.seed)
+        return DataLoader(_Identity(), sampler=sampler, batch_size=None, num_workers=0)
+
+    def _move_cache(self) -> None:
+        # On a GPU the whole uint8 cache moves once when it fits with room to spare;
+        # otherwise it stays in pinned host memory and each batch is copied over.
+        images = self.train_images
+        if self.device.type == "cuda" and images.device.type != "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if images.numel() < 0.5 * free:
+                self.train_images = images.to(self.device)
+            elif not images.is_pinned():
+                self.train_images = images.pin_memory()
+
+    # the step ---------------------------------------------------------------------
+
+    def _compute(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p1, p2, z1, z2 = self.model(x1, x2)
+        loss = simsiam_loss(p1, p2, z1, z2, kind=self.cfg.optim.loss, stop_gradient=self.cfg.model.stop_gradient)
+        return loss, z_std(z1.detach())
+
+    def training_step(self, index: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        images = self.train_images
+        x = images[index.to(images.device)].to(self.device, non_blocking=True)  # (B, 3, S, S) uint8
+        with torch.no_grad():
+            x1, x2 = self.augment(x), self.augment(x)  # (B, 3, s, s) each, own random parameters
+        if self.cfg.channels_last:
+            x1 = x1.contiguous(memory_format=torch.channels_last)
+            x2 = x2.contiguous(memory_format=torch.channels_last)
+        loss, std = self._step_fn(x1, x2)
+        self._sums += torch.stack([loss.detach().float(), std.float(), torch.ones((), device=loss.device)])
+        step = self.global_step + 1
+        # Reading the loss is a host-device sync: on a GPU only every log_every steps.
+        if self.device.type != "cuda" or step % self.cfg.log_every == 0:
+            value = loss.detach().float().item()
+            if not math.isfinite(value):
+                last = "" if self.device.type != "cuda" else f" (checked every {self.cfg.log_every} steps)"
+                raise NonFiniteLossError(
+                    f"the loss became {value} at step {step}{last}, epoch {self.current_epoch + 1}; "
+                    f"lower the learning rate (--lr, now {self.cfg.optim.base_lr}) or add --warmup-epochs"
+                )
+            if step % self.cfg.log_every == 0:
+                self.log("train/loss_step", value, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        return loss
+
+    # optimizer ---------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        lr = o.base_lr * self.cfg.batch_size / 256
+        predictor = list(self.model.predictor.parameters())
+        predictor_ids = {id(p) for p in predictor}
+        encoder = [p for p in self.model.parameters() if id(p) not in predictor_ids]
+        groups = [{"params": encoder, "name": "encoder"}]
+        if predictor:
+            groups.append({"params": predictor, "name": "predictor"})
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, fused=fused or None)
+        steps_per_epoch = max(1, self._steps_per_epoch())
+        total = steps_per_epoch * self.cfg.epochs
+        warmup = int(round(o.warmup_epochs * steps_per_epoch))
+        decayed = lambda step: lr_factor(step, total, warmup)  # noqa: E731
+        fixed = lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0  # noqa: E731
+        lambdas = [decayed] + ([fixed if o.fixed_predictor_lr else decayed] if predictor else [])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _steps_per_epoch(self) -> int:
+        world = self.trainer.world_size if self._trainer is not None else 1
+        return self.train_images.shape[0] // (self.cfg.batch_size // world * world)
+
+    # epochs ---------------------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        self._move_cache()
+        if self.cfg.compile:
+            self._step_fn = torch.compile(self._compute)
+        if self.knn_init is None and self.bank is not None and self.cfg.knn_every:
+            self.knn_init = self.online_knn()
+            self.print(f"kNN top-1 of the backbone at random init: {self.knn_init:.4f}")
+
+    def on_train_epoch_start(self) -> None:
+        self._sums = torch.zeros(3, device=self.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        total_loss, total_std, steps = self._sums.tolist()  # the epoch's one forced sync
+        seconds = time.perf_counter() - self._epoch_start
+        loss, std = total_loss / max(steps, 1), total_std / max(steps, 1)
+        images = steps * self.cfg.batch_size
+        epoch = self.current_epoch + 1
+        level = collapse_level(std, self.model.out_dim)
+        row: dict[str, Any] = dict(
+            epoch=epoch,
+            loss=loss,
+            z_std=std,
+            collapse=level,
+            lr=self.optimizers().param_groups[0]["lr"],
+            images_per_s=images / max(seconds, 1e-9),
+            knn_top1=None,
+            seconds=seconds,
+        )
+        if self.bank is not None and self.cfg.knn_every and (epoch % self.cfg.knn_every == 0 or epoch == self.cfg.epochs):
+            row["knn_top1"] = self.online_knn()
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the loss became {loss} in epoch {epoch}; lower the learning rate (--lr, now {self.cfg.optim.base_lr})"
+            )
+        self.rows.append(row)
+        if self.trainer.is_global_zero and self.run_dir is not None:
+            write_metrics_csv(self.run_dir / "metrics.csv", self.rows)
+            knn = "" if row["knn_top1"] is None else f", kNN top-1 {row['knn_top1']:.4f}"
+            self.print(
+                f"epoch {epoch}/{self.cfg.epochs}: loss {loss:.4f}, z_std {std:.4f} ({describe_collapse(level)}), "
+                f"lr {row['lr']:.4g}, {row['images_per_s']:.0f} images/s{knn}"
+            )
+        self.log_dict({f"train/{k}": float(v) for k, v in row.items() if k != "epoch" and v is not None}, sync_dist=False)
+        if row["knn_top1"] is not None:
+            self.log("knn_top1", row["knn_top1"])  # monitored by the best-checkpoint callback
+        state = describe_collapse(level)
+        if state != "healthy" and self.trainer.is_global_zero:
+            message = (
+                f"epoch {epoch}: the representation is {state}: the std of the l2-normalised z is {std:.4f}, "
+                f"{level:.2f} of the healthy 1/sqrt(d) = {1 / math.sqrt(self.model.out_dim):.4f}"
+            )
+            warnings.warn(message, CollapseWarning, stacklevel=1)
+
+    def online_knn(self) -> float:
+        """kNN top-1 of the current backbone: bank features vote for the query images."""
+        bank = extract_features(self.model, self.bank.images, device=self.device, channels_last=bool(self.cfg.channels_last))
+        query = extract_features(self.model, self.query.images, device=self.device, channels_last=bool(self.cfg.channels_last))
+        return knn_accuracy(bank, self.bank.labels, query, self.query.labels, k=self.cfg.knn_k, temperature=self.cfg.knn_temperature)
+
+    # checkpoint extras ------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["simsiam"] = {"knn_init": self.knn_init, "rows": self.rows}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extra = checkpoint.get("simsiam", {})
+        self.knn_init = extra.get("knn_init")
+        self.rows = list(extra.get("rows", []))
+
+
+# -- the run folder --------------------------------------------------------------------------
+
+
+def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite metrics.csv from the epoch rows (each epoch once, also after a resume); atomic."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
+    os.replace(tmp, path)
+
+
+def summary(module: SimSiamModule, wall_seconds: float) -> dict[str, Any]:
+    rows = module.rows
+    knn = [r["knn_top1"] for r in rows if r.get("knn_top1") is not None]
+    last = rows[-1] if rows else {}
+    return {
+        "epochs": len(rows),
+        "final_loss": last.get("loss"),
+        "final_z_std": last.get("z_std"),
+        "final_collapse": last.get("collapse"),
+        "knn_top1": knn[-1] if knn else None,
+        "knn_top1_max": max(knn) if knn else None,
+        "knn_top1_random_init": module.knn_init,
+        "mean_images_per_s": sum(r["images_per_s"] for r in rows) / len(rows) if rows else None,
+        "wall_seconds": wall_seconds,
+    }
+
+
+# -- one training run, end to end ------------------------------------------------------------
+
+# Options a resumed run may change; everything else comes from the run's own config.
+RESUMABLE_OVERRIDES = ("epochs", "accelerator", "devices", "num_nodes", "compile", "log_every", "knn_every", "precision")
+
+
+class RunError(ValueError):
+    """A run folder or data problem; the message names the path or option at fault."""
+
+
+def default_out(data: str | None) -> Path:
+    return Path("runs") / ("demo" if data is None else (Path(data).resolve().name or "data"))
+
+
+def find_run_folder(cfg: TrainConfig, resume: bool) -> Path:
+    """The run folder: --out as given, or runs/<data name>[-N] (a new one, or the latest to resume)."""
+    if cfg.out is not None:
+        out = Path(cfg.out)
+        has_run = (out / "checkpoints" / "last.ckpt").exists()
+        if resume and not has_run:
+            raise RunError(f"--resume: {out} holds no checkpoints/last.ckpt to resume from")
+        if not resume and has_run:
+            raise RunError(f"--out: {out} already holds a run; pass --resume to continue it, or choose another --out")
+        return out
+    base = default_out(cfg.data)
+    candidates = [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 1000)]
+    existing = [c for c in candidates if (c / "checkpoints" / "last.ckpt").exists() or (resume and c.exists())]
+    if resume:
+        runs = [c for c in existing if (c / "checkpoints" / "last.ckpt").exists()]
+        if not runs:
+            raise RunError(f"--resume: no run with checkpoints/last.ckpt under {base.parent}/ for this data; pass --out")
+        return runs[-1]
+    return next(c for c in candidates if not c.exists() or not any(c.iterdir()))
+
+
+def load_run_config(out: Path) -> TrainConfig:
+    ckpt = out / "checkpoints" / "last.ckpt"
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        return TrainConfig.from_dict(state["hyper_parameters"]["config"])
+    except Exception as e:
+        raise RunError(f"{ckpt}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
+
+
+def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train SimSiam as ``simsiam train`` does; returns the final figures (also in metrics.json).
+
+    ``overrides`` are the options given explicitly with ``resume`` (only
+    RESUMABLE_OVERRIDES may change a run).
+    """
+    from . import data as data_module
+    from .config import resolve, save_yaml
+    from .explore import plot_training
+
+    started = time.perf_counter()
+    out = find_run_folder(cfg, resume)
+    if resume:
+        saved = load_run_config(out)
+        ignored = sorted(k for k in (overrides or {}) if k not in RESUMABLE_OVERRIDES and k not in ("out", "data"))
+        if ignored:
+            warnings.warn(f"--resume keeps the run's own settings; ignored: {', '.join(ignored)}", stacklevel=2)
+        changes = {k: v for k, v in (overrides or {}).items() if k in RESUMABLE_OVERRIDES}
+        cfg = TrainConfig.from_dict(changes, base=saved)
+        cfg.out = str(out)
+    L.seed_everything(cfg.seed, verbose=False)
+
+    dataset = data_module.load(cfg.data, cfg.image_size, strict=cfg.strict, progress=progress)
+    on_gpu = cfg.accelerator != "cpu" and torch.cuda.is_available()
+    cfg = resolve(cfg, dataset.image_size, on_gpu)
+    cfg.out = str(out)
+
+    train_set, bank, query = dataset, None, None
+    notes = []
+    if cfg.val is not None:
+        query = data_module.load(cfg.val, cfg.image_size, strict=cfg.strict, progress=progress)
+        if query.labels is None or dataset.labels is None:
+            raise RunError(f"--val: {cfg.val} and DATA both need class subfolders (labels) for the online kNN")
+        if query.classes != dataset.classes:
+            raise RunError(f"--val: {cfg.val} has classes {query.classes}, DATA has {dataset.classes}")
+        bank = dataset
+        notes.append(f"online kNN: {len(query)} images of {cfg.val} classified against the {len(bank)} training images")
+    elif dataset.labels is not None and cfg.held_out > 0 and cfg.knn_every:
+        train_set, query = dataset.split(cfg.held_out, seed=cfg.seed)
+        bank = train_set
+        notes.append(
+            f"online kNN: holding out {len(query)} labeled images ({cfg.held_out:.0%}) as queries against the "
+            f"{len(train_set)} training images; SimSiam trains on those {len(train_set)} only"
+        )
+    else:
+        notes.append("online kNN: off (DATA has no class subfolders)" if dataset.labels is None else "online kNN: off")
+
+    world = (cfg.devices if isinstance(cfg.devices, int) else 1) * cfg.num_nodes
+    if cfg.batch_size % world:
+        raise RunError(f"--batch-size: {cfg.batch_size} does not split evenly over {world} processes")
+    if cfg.batch_size > len(train_set):
+        raise RunError(
+            f"--batch-size: {cfg.batch_size} is larger than the {len(train_set)} training images of "
+            f"{cfg.data or 'the demo set'}; use --batch-size {max(2, len(train_set) // 2)} or less"
+        )
+
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        for stale in ("metrics.csv", "metrics.json"):
+            (out / stale).unlink(missing_ok=True)
+    save_yaml(cfg, out / "config.yaml")
+    module = SimSiamModule(cfg.to_dict())
+    module.attach_data(train_set, bank, query)
+    module.run_dir = out
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    callbacks: list[L.Callback] = [ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)]
+    if bank is not None:
+        callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="knn_top1", mode="max", save_top_k=1, enable_version_counter=False))
+    strategy = "ddp" if world > 1 else "auto"
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator="gpu" if on_gpu else "cpu",
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=strategy,
+        sync_batchnorm=bool(cfg.sync_batchnorm and world > 1 and on_gpu),
+        precision=cfg.precision,
+        logger=TensorBoardLogger(save_dir=str(out), name="", version="tensorboard", default_hp_metric=False),
+        callbacks=callbacks,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=min(cfg.log_every, max(1, len(train_set) // cfg.batch_size)),
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        benchmark=on_gpu,
+        default_root_dir=str(out),
+    )
+    if trainer.is_global_zero:
+        n_params = sum(p.numel() for p in module.model.parameters())
+        lr = cfg.optim.base_lr * cfg.batch_size / 256
+        print(f"run folder: {out}")
+        print(
+            f"data: {len(dataset)} images of {cfg.data or 'the bundled demo set'} at {cfg.image_size}x{cfg.image_size}"
+            + (f", {len(dataset.classes)} classes" if dataset.labels is not None else ", unlabeled")
+        )
+        for note in notes:
+            print(note)
+        print(
+            f"model: {cfg.model.backbone}{' (small-image stem)' if cfg.model.small_images else ''}, "
+            f"{cfg.model.proj_layers}-layer projector to {cfg.model.proj_dim}, predictor hidden {cfg.model.pred_hidden_dim}, "
+            f"{n_params / 1e6:.1f}M parameters"
+        )
+        print(
+            f"training: {cfg.epochs} epochs, batch {cfg.batch_size} over {trainer.world_size} process(es) "
+            f"({cfg.batch_size // trainer.world_size} each), lr {lr:.4g}, {cfg.precision} on {'GPU' if on_gpu else 'CPU'}"
+            + (", compiled" if cfg.compile else "")
+        )
+    ckpt = out / "checkpoints" / "last.ckpt" if resume else None
+    trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
+
+    result = summary(module, time.perf_counter() - started)
+    result.update(run_folder=str(out), config=cfg.to_dict())
+    if trainer.is_global_zero:
+        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        plot_training(module.rows, out / "training.png", feature_dim=module.model.out_dim, knn_init=module.knn_init)
+        torch.save(module.model.backbone.state_dict(), out / "backbone.pt")
+    return result
