@@ -415,6 +415,17 @@ def find_run_folder(cfg: TrainConfig, resume: bool) -> Path:
 LAUNCHERS = {"LightningEnvironment": "Lightning", "TorchElasticEnvironment": "torchrun", "SLURMEnvironment": "SLURM"}
 
 
+def launched_processes() -> tuple[str, int] | None:
+    """(launcher, number of processes) when torchrun or SLURM's srun started this process; Lightning then joins them."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if TorchElasticEnvironment.detect():
+        return "torchrun", int(os.environ["WORLD_SIZE"])
+    if SLURMEnvironment.detect():
+        return "SLURM", int(os.environ["SLURM_NTASKS"])
+    return None
+
+
 def describe_distributed(trainer: L.Trainer, cfg: TrainConfig, sync_bn: bool, on_gpu: bool) -> str:
     """The log line of a multi-process run: processes, launcher, per-process batch, batch norm."""
     environment = type(trainer.strategy.cluster_environment).__name__
@@ -496,6 +507,12 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
 
     devices = cfg.devices if isinstance(cfg.devices, int) else (max(1, torch.cuda.device_count()) if on_gpu else 1)
     world = devices * cfg.num_nodes
+    launched = launched_processes()
+    if launched is not None and launched[1] != world:
+        raise RunError(
+            f"--devices {devices} --num-nodes {cfg.num_nodes}: that makes {world} process(es), but {launched[0]} started "
+            f"{launched[1]}; set --devices to the processes per node and --num-nodes to the number of nodes"
+        )
     if cfg.batch_size % world:
         raise RunError(f"--batch-size: {cfg.batch_size} does not split evenly over {world} processes")
     if cfg.batch_size > len(train_set):
