@@ -32,6 +32,17 @@ N_TRAIN, STEPS = 72, 9
 LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
 
 
+def make_images(root: Path, per_class: int = 40, size: int = 16) -> Path:
+    rng = np.random.default_rng(0)
+    for label in range(2):
+        folder = root / f"class{label}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 128, (size, size, 3)) + 127 * label
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
 # -- shards -----------------------------------------------------------------------------------
 
 
@@ -67,25 +78,32 @@ def test_shards_drop_only_the_incomplete_batches_and_reshuffle_each_epoch(world)
     assert not torch.equal(epochs[0], epochs[1])
 
 
-def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, capsys):
-    code = main(["train", "--out", str(tmp_path / "run"), "--batch-size", "9", "--devices", "2", "--accelerator", "cpu", "--epochs", "1"])
+# -- options that cannot work ------------------------------------------------------------------
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SIMSIAM_CACHE", str(tmp_path / "cache"))
+    data = make_images(tmp_path / "data", per_class=4)
+    code = main(["train", str(data), "--out", str(tmp_path / "run"), "--batch-size", "9", "--devices", "2", "--accelerator", "cpu"])
     assert code == 2
     assert "--batch-size: 9 does not split evenly over 2 processes" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
+def test_devices_that_disagree_with_torchrun_are_refused(tmp_path, monkeypatch, capsys):
+    # What torchrun --nproc-per-node 2 sets; without --devices 2 each process would train alone.
+    monkeypatch.setenv("SIMSIAM_CACHE", str(tmp_path / "cache"))
+    torchrun = dict(TORCHELASTIC_RUN_ID="test", WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", GROUP_RANK="0")
+    for key, value in torchrun.items():
+        monkeypatch.setenv(key, value)
+    data = make_images(tmp_path / "data", per_class=4)
+    code = main(["train", str(data), "--out", str(tmp_path / "run"), "--batch-size", "4", "--accelerator", "cpu", "--epochs", "1"])
+    assert code == 2
+    assert "that makes 1 process(es), but torchrun started 2" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 # -- two processes, end to end ----------------------------------------------------------------
-
-
-def make_images(root: Path, per_class: int = 40, size: int = 16) -> Path:
-    rng = np.random.default_rng(0)
-    for label in range(2):
-        folder = root / f"class{label}"
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 128, (size, size, 3)) + 127 * label
-            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
-    return root
 
 
 def run_worker(cwd: Path, record: Path, args: list[str], timeout: float = 300) -> str:
@@ -93,7 +111,8 @@ def run_worker(cwd: Path, record: Path, args: list[str], timeout: float = 300) -
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES and not k.startswith("SLURM_")}
     env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")])), SIMSIAM_CACHE=str(cwd / "cache"))
     command = [sys.executable, str(WORKER), str(record), "train", "data", *TINY, *TWO_CPU_PROCESSES, *args]
-    with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True) as proc:
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with subprocess.Popen(command, cwd=cwd, env=env, start_new_session=True, **pipes) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
