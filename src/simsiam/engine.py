@@ -160,7 +160,8 @@ class SimSiamModule(L.LightningModule):
         world = self.trainer.world_size
         per_process = self.cfg.batch_size // world
         sampler = ShardedBatches(self.train_images.shape[0], per_process, self.trainer.global_rank, world, self.cfg.seed)
-        return DataLoader(_Identity(), sampler=sampler, batch_size=None, num_workers=0)
+        # Pinned, so Lightning's per-step copy of the index batch to the GPU is asynchronous.
+        return DataLoader(_Identity(), sampler=sampler, batch_size=None, num_workers=0, pin_memory=self.device.type == "cuda")
 
     def _move_cache(self) -> None:
         # On a GPU the whole uint8 cache moves once when it fits with room to spare;
@@ -183,7 +184,9 @@ class SimSiamModule(L.LightningModule):
     def training_step(self, index: torch.Tensor, batch_idx: int) -> torch.Tensor:
         images = self.train_images
         x = images[index.to(images.device)].to(self.device, non_blocking=True)  # (B, 3, S, S) uint8
-        with torch.no_grad():
+        # Augmentation in float32 whatever the training precision (autocast would run the
+        # blur's convolution in bf16), and outside autograd.
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
             x1, x2 = self.augment(x), self.augment(x)  # (B, 3, s, s) each, own random parameters
         if self.cfg.channels_last:
             x1 = x1.contiguous(memory_format=torch.channels_last)
@@ -380,7 +383,7 @@ def summary(module: SimSiamModule, wall_seconds: float) -> dict[str, Any]:
 # -- one training run, end to end ------------------------------------------------------------
 
 # Options a resumed run may change; everything else comes from the run's own config.
-RESUMABLE_OVERRIDES = ("epochs", "accelerator", "devices", "num_nodes", "compile", "log_every", "knn_every", "precision")
+RESUMABLE_OVERRIDES = ("epochs", "accelerator", "devices", "num_nodes", "compile", "log_every", "knn_every", "precision", "checkpoint_every")
 
 
 class RunError(ValueError):
@@ -480,15 +483,18 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
         cfg.out = str(out)
     L.seed_everything(cfg.seed, verbose=False)
 
-    dataset = data_module.load(cfg.data, cfg.image_size, strict=cfg.strict, progress=progress)
     on_gpu = cfg.accelerator != "cpu" and torch.cuda.is_available()
+    if on_gpu:
+        torch.set_float32_matmul_precision("high")  # TF32 for whatever runs outside bf16 autocast
+    decode_device = "cuda" if on_gpu else None
+    dataset = data_module.load(cfg.data, cfg.image_size, strict=cfg.strict, progress=progress, decode_device=decode_device)
     cfg = resolve(cfg, dataset.image_size, on_gpu)
     cfg.out = str(out)
 
     train_set, bank, query = dataset, None, None
     notes = []
     if cfg.val is not None:
-        query = data_module.load(cfg.val, cfg.image_size, strict=cfg.strict, progress=progress)
+        query = data_module.load(cfg.val, cfg.image_size, strict=cfg.strict, progress=progress, decode_device=decode_device)
         if query.labels is None or dataset.labels is None:
             raise RunError(f"--val: {cfg.val} and DATA both need class subfolders (labels) for the online kNN")
         if query.classes != dataset.classes:
@@ -528,7 +534,10 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    callbacks: list[L.Callback] = [ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)]
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    last = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=cfg.checkpoint_every)
+    callbacks: list[L.Callback] = [last] + ([TQDMProgressBar(refresh_rate=10)] if progress else [])
     if bank is not None:
         callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="knn_top1", mode="max", save_top_k=1, enable_version_counter=False))
     # torch's SyncBatchNorm refuses CPU tensors: on CPU every process keeps plain BN.
@@ -583,6 +592,8 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
             print(describe_distributed(trainer, cfg, sync_bn, on_gpu))
     ckpt = out / "checkpoints" / "last.ckpt" if resume else None
     trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
+    if trainer.current_epoch % cfg.checkpoint_every:  # the last epochs fell between two saves
+        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
 
     out = module.run_dir  # rank 0's folder, shared with every process in setup()
     result = summary(module, time.perf_counter() - started)
