@@ -237,14 +237,16 @@ def _decode_all(files: list[Path], size: int, strict: bool, progress: bool) -> t
 _JPEG_EXTENSIONS = (".jpg", ".jpeg")
 
 
-def _fit_on_device(image: torch.Tensor, size: int) -> torch.Tensor:
-    """(3, H, W) uint8 -> (3, size, size) uint8: shorter side to size (antialiased), centre crop."""
-    _, h, w = image.shape
+def _fit_on_device(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(n, 3, H, W) uint8 -> (n, 3, size, size) uint8: shorter side to size (antialiased), centre crop."""
+    h, w = images.shape[-2:]
     scale = size / min(h, w)
     new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    x = F.interpolate(image[None].float(), size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)[0]
+    x = images.float()
+    if (new_h, new_w) != (h, w):
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
     top, left = (new_h - size) // 2, (new_w - size) // 2
-    return x[:, top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)
+    return x[..., top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)
 
 
 def _decode_all_gpu(files: list[Path], size: int, device: torch.device, strict: bool, progress: bool, batch: int = 256):
@@ -267,10 +269,16 @@ def _decode_all_gpu(files: list[Path], size: int, device: torch.device, strict: 
             blobs = list(pool.map(lambda i: torch.frombuffer(bytearray(files[i].read_bytes()), dtype=torch.uint8), chunk))
             try:
                 decoded = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
-                for i, image in zip(chunk, decoded):
-                    out[i] = _fit_on_device(image, size).cpu()
-            except RuntimeError:
+            except Exception as e:  # nvJPEG refuses the whole batch for one bad file
+                warnings.warn(f"GPU decoding refused a batch ({type(e).__name__}: {e}); decoding it with Pillow", stacklevel=2)
                 fallback += chunk
+            else:
+                by_shape: dict[tuple[int, ...], list[int]] = {}
+                for j, image in enumerate(decoded):
+                    by_shape.setdefault(tuple(image.shape), []).append(j)
+                for members in by_shape.values():  # one resize per distinct shape, not per image
+                    fitted = _fit_on_device(torch.stack([decoded[j] for j in members]), size).cpu()
+                    out[[chunk[j] for j in members]] = fitted
             bar.update(len(chunk))
     bar.close()
     if not fallback:
