@@ -237,6 +237,10 @@ class SimSiamModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._move_cache()
+        if self.cfg.channels_last:
+            # Weights in the inputs' layout: channels_last inputs with NCHW weights make
+            # cuDNN (and inductor) convert at every convolution.
+            self.model.to(memory_format=torch.channels_last)
         if self.trainer.world_size > 1:
             # Lightning seeds every process alike: without this, sample i of every
             # process's batch would get the same crop, flip and colour parameters.
