@@ -13,6 +13,7 @@ model) into one :class:`CheckpointError` that names the file.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for damaged files
-        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise CheckpointError(f"{path}: not a simsiam checkpoint (it stores Python objects, not only tensors and values)") from None
+        text = str(e)
+        if found := re.search(r"Unsupported global: GLOBAL (\S+)", text):
+            raise CheckpointError(f"{path}: not a simsiam checkpoint (it stores Python objects such as {found[1]}, not only tensors and values)") from None
+        if found := re.search(r"WeightsUnpickler error: \s*(.+)", text):
+            why = found[1]
+        else:
+            why = text.strip().split(". ")[0] if text.strip() else "the file ends too early"
         size = path.stat().st_size
-        raise CheckpointError(f"{path}: the checkpoint is corrupt or truncated ({size} bytes; {type(e).__name__}: {why[:200]})") from None
+        raise CheckpointError(f"{path}: the checkpoint is corrupt or truncated ({size} bytes; {type(e).__name__}: {why[:160]})") from None
     config = state.get("hyper_parameters", {}).get("config") if isinstance(state, dict) else None
     if not isinstance(config, dict) or not isinstance(state.get("state_dict"), dict):
         raise CheckpointError(f"{path}: not a simsiam checkpoint (no simsiam config and weights in it)")

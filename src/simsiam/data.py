@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from .atomic import atomic_write
@@ -110,7 +110,7 @@ def decode_image(source: str | Path | bytes, size: int) -> torch.Tensor:
     >>> decode_image(b"not an image", 8)
     Traceback (most recent call last):
     ...
-    simsiam.data.DataError: image bytes: cannot decode image (UnidentifiedImageError: ...)
+    simsiam.data.DataError: image bytes: not an image (no format recognised)
     """
     try:
         return _decode(source, size)
@@ -118,11 +118,13 @@ def decode_image(source: str | Path | bytes, size: int) -> torch.Tensor:
         name = "image bytes" if isinstance(source, bytes) else show_path(source)
         if isinstance(e, OSError) and e.errno is not None:  # the file itself: missing, unreadable, a link loop
             raise DataError(f"{name}: cannot read ({e.strerror})") from e
+        if isinstance(e, UnidentifiedImageError):
+            raise DataError(f"{name}: not an image (no format recognised)") from e
         raise DataError(f"{name}: cannot decode image ({type(e).__name__}: {_short(e)})") from e
 
 
 def _short(e: BaseException) -> str:
-    text = " ".join(str(e).split())
+    text = " ".join(str(e).split()).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return text if len(text) <= 160 else text[:157] + "..."
 
 

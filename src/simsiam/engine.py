@@ -515,6 +515,15 @@ def _check_resume_overrides(saved: TrainConfig, overrides: dict[str, Any], out: 
             )
 
 
+def _check_weights_fit_config(path: Path, weights: dict[str, torch.Tensor], cfg: TrainConfig) -> None:
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no time
+            model = build_model(cfg)
+    except Exception as e:
+        raise CheckpointError(f"{path}: its config does not describe a model this simsiam can build ({type(e).__name__}: {e})") from None
+    check_weights_fit(path, weights, {f"model.{k}": v for k, v in model.state_dict().items()})
+
+
 def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Train SimSiam as ``simsiam train`` does; returns the final figures (also in metrics.json).
 
@@ -528,15 +537,19 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
     started = time.perf_counter()
     out = find_run_folder(cfg, resume)
     ckpt = out / "checkpoints" / "last.ckpt"
-    saved_state = None
+    resume_from, epochs_done = None, 0
     if resume:
         if ckpt.exists():
             saved_state = read_checkpoint(ckpt)
             saved = TrainConfig.from_dict(saved_state["hyper_parameters"]["config"])
+            _check_resume_overrides(saved, overrides or {}, out)
+            _check_weights_fit_config(ckpt, saved_state["state_dict"], saved)  # before minutes of decoding images
+            resume_from, epochs_done = ckpt, len(saved_state.get("simsiam", {}).get("rows", []))
+            del saved_state  # Lightning reads the file again; do not hold two copies
         else:
             saved = TrainConfig.from_dict(load_yaml(out / "config.yaml"), where=str(out / "config.yaml"))
             print(f"{out} has no checkpoint yet (the run stopped during its first epoch): starting it from the beginning")
-        _check_resume_overrides(saved, overrides or {}, out)
+            _check_resume_overrides(saved, overrides or {}, out)
         changes = {k: v for k, v in (overrides or {}).items() if k in RESUMABLE_OVERRIDES}
         cfg = TrainConfig.from_dict(changes, base=saved)
         cfg.out = str(out)
@@ -582,12 +595,6 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
     module = SimSiamModule(cfg.to_dict())
     module.attach_data(train_set, bank, query)
     module.run_dir = out
-    resume_from = None
-    if saved_state is not None:
-        check_weights_fit(ckpt, saved_state["state_dict"], module.state_dict())
-        resume_from = ckpt
-        epochs_done = len(saved_state.get("simsiam", {}).get("rows", []))
-        del saved_state  # Lightning reads the file again; do not hold two copies
 
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
