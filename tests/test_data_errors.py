@@ -291,7 +291,7 @@ def test_bad_option_is_one_line_and_writes_nothing(case, small_folder, tmp_path,
     assert not out.exists()
 
 
-@pytest.mark.parametrize("case", ["empty", "missing", "fewer than one batch"])
+@pytest.mark.parametrize("case", ["empty", "missing", "fewer than one batch", "strict with a bad file"])
 def test_bad_folder_is_one_line_and_writes_nothing(case, tmp_path, capsys):
     folder = tmp_path / "data"
     if case != "missing":
@@ -299,10 +299,21 @@ def test_bad_folder_is_one_line_and_writes_nothing(case, tmp_path, capsys):
     if case == "fewer than one batch":
         for i in range(3):
             _write(folder / f"{i}.png", _noise())
+    strict = []
+    if case == "strict with a bad file":
+        for i in range(8):
+            _write(folder / f"{i}.png", _noise())
+        _write(folder / "5-cut.jpg", _jpeg_bytes(_noise(64, 64))[:200])
+        strict = ["--strict"]
     out = tmp_path / "run"
-    rc = main(["train", str(folder), *TINY, "--out", str(out)])
+    rc = main(["train", str(folder), *TINY, *strict, "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
-    expected = {"empty": "no images found", "missing": "no such file or folder", "fewer than one batch": "--batch-size: 4 is larger than the 3"}
+    expected = {
+        "empty": "no images found",
+        "missing": "no such file or folder",
+        "fewer than one batch": "--batch-size: 4 is larger than the 3",
+        "strict with a bad file": f"{folder}/5-cut.jpg: cannot decode image",
+    }
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith("simsiam train: error: ") and expected[case] in err[0], err
     assert not out.exists()

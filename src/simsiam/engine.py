@@ -42,7 +42,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped on Ctrl-C (SIGINT) after saving a checkpoint; the message says how to resume."""
+    """Training stopped on Ctrl-C (SIGINT); the message says what was saved and how to resume."""
 
 
 class CollapseWarning(UserWarning):
@@ -657,27 +657,27 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
         if resume_from is not None:
             print(f"resuming from {resume_from} ({epochs_done} of {cfg.epochs} epochs done)")
 
-    try:
-        with _stop_on_ctrl_c(module):
+    with _stop_on_ctrl_c(module):  # a Ctrl-C after the last step lets the result files below finish
+        try:
             trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
-    except NonFiniteLossError as e:
-        raise NonFiniteLossError(f"{e}; {_kept(ckpt)}") from None
-    except CheckpointError as e:
-        raise CheckpointError(f"{e}; once that is fixed, continue with: {resume_command(out)}") from None
-    except SystemExit:
-        # Lightning's answer to a KeyboardInterrupt (a second Ctrl-C): stopped at once, nothing new saved.
-        raise TrainingInterrupted(f"interrupted at once, without saving; {_kept(ckpt)}; continue with: {resume_command(out)}") from None
+        except NonFiniteLossError as e:
+            raise NonFiniteLossError(f"{e}; {_kept(ckpt)}") from None
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}; once that is fixed, continue with: {resume_command(out)}") from None
+        except SystemExit:
+            # Lightning's answer to a KeyboardInterrupt (a second Ctrl-C): stopped at once, nothing new saved.
+            raise TrainingInterrupted(f"interrupted at once, without saving; {_kept(ckpt)}; continue with: {resume_command(out)}") from None
 
-    result = summary(module, time.perf_counter() - started)
-    result.update(run_folder=str(out), config=cfg.to_dict())
-    if trainer.is_global_zero:
-        with atomic_write(out / "metrics.json", "w") as fh:
-            json.dump(result, fh, indent=2)
-        if module.rows:
-            with atomic_write(out / "training.png") as fh:  # matplotlib writes PNG to a file object
-                plot_training(module.rows, fh, feature_dim=module.model.out_dim, knn_init=module.knn_init)
-        with atomic_write(out / "backbone.pt") as fh:
-            torch.save(module.model.backbone.state_dict(), fh)
+        result = summary(module, time.perf_counter() - started)
+        result.update(run_folder=str(out), config=cfg.to_dict())
+        if trainer.is_global_zero:
+            with atomic_write(out / "metrics.json", "w") as fh:
+                json.dump(result, fh, indent=2)
+            if module.rows:
+                with atomic_write(out / "training.png") as fh:  # matplotlib writes PNG to a file object
+                    plot_training(module.rows, fh, feature_dim=module.model.out_dim, knn_init=module.knn_init)
+            with atomic_write(out / "backbone.pt") as fh:
+                torch.save(module.model.backbone.state_dict(), fh)
     return result
 
 
