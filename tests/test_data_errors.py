@@ -31,8 +31,13 @@ RNG = np.random.default_rng(0)
 
 
 @pytest.fixture(autouse=True)
-def _own_cache(tmp_path, monkeypatch):
+def _own_cache_one_thread(tmp_path, monkeypatch):
     monkeypatch.setenv("SIMSIAM_CACHE", str(tmp_path / "cache"))
+    # Tiny models on a shared 2-core machine: a second OpenMP thread mostly waits, and slows a step several times.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _noise(h: int = 16, w: int = 16) -> Image.Image:
@@ -317,6 +322,25 @@ def test_bad_folder_is_one_line_and_writes_nothing(case, tmp_path, capsys):
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith("simsiam train: error: ") and expected[case] in err[0], err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "case, note",
+    [
+        ("one class", "online kNN: off (DATA has the one class 'cats'; an accuracy needs two or more)"),
+        ("classes too small to hold out", "online kNN: off (no class has enough images to hold out 10% of them; see --held-out)"),
+    ],
+)
+def test_awkward_labeled_folders_train_with_a_note(case, note, tmp_path, capsys):
+    classes, per_class = (["cats"], 8) if case == "one class" else (["a", "b"], 4)
+    for c in classes:
+        for i in range(per_class):
+            _write(tmp_path / "data" / c / f"{i}.png", _noise())
+    rc = main(["train", str(tmp_path / "data"), *TINY, "--no-small-images", "--out", str(tmp_path / "run")])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert note in captured.out.splitlines()
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists() and not (tmp_path / "run" / "checkpoints" / "best.ckpt").exists()
 
 
 # -- fuzz: the decoder never raises anything but DataError -------------------------------

@@ -570,6 +570,8 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
             raise RunError(f"--val: {cfg.val} has classes {query.classes}, DATA has {dataset.classes}")
         bank = dataset
         notes.append(f"online kNN: {len(query)} images of {cfg.val} classified against the {len(bank)} training images")
+    elif dataset.labels is not None and len(dataset.classes) < 2:
+        notes.append(f"online kNN: off (DATA has the one class {dataset.classes[0]!r}; an accuracy needs two or more)")
     elif dataset.labels is not None and cfg.held_out > 0 and cfg.knn_every:
         train_set, query = dataset.split(cfg.held_out, seed=cfg.seed)
         bank = train_set
