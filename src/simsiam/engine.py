@@ -666,6 +666,9 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
             raise NonFiniteLossError(f"{e}; {_kept(ckpt)}") from None
         except CheckpointError as e:
             raise CheckpointError(f"{e}; once that is fixed, continue with: {resume_command(out)}") from None
+        except OSError as e:  # a full disk or a lost folder while writing metrics or logs
+            where = f"{e.filename}: " if e.filename else ""
+            raise RunError(f"{where}{e.strerror or e}; {_kept(ckpt)}; once that is fixed, continue with: {resume_command(out)}") from None
         except SystemExit:
             # Lightning's answer to a KeyboardInterrupt (a second Ctrl-C): stopped at once, nothing new saved.
             raise TrainingInterrupted(f"interrupted at once, without saving; {_kept(ckpt)}; continue with: {resume_command(out)}") from None
