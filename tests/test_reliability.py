@@ -254,21 +254,33 @@ def test_ctrl_c_mid_epoch_saves_and_resume_is_exact(env, reference, tmp_path, mo
 # -- a full disk, a non-finite loss: the previous checkpoint stays, the run continues -------------
 
 
-def test_full_disk_during_a_save_keeps_the_previous_checkpoint(env, reference, tmp_path, monkeypatch):
-    out = tmp_path / "run"
-    real_save = torch.save
-    saves = []
+class _FullDisk:
+    """A file whose writes fail with ENOSPC once ``room`` bytes are in, as on a disk that fills up."""
 
-    def save_until_the_disk_is_full(obj, f, *args, **kwargs):
-        saves.append(1)
-        if len(saves) < 2:
-            return real_save(obj, f, *args, **kwargs)
-        f.write(b"PK\x03\x04 the first bytes of a checkpoint")  # part of it lands, then the disk is full
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    def __init__(self, f, room: int):
+        self._f, self._room = f, room
 
-    monkeypatch.setattr(torch, "save", save_until_the_disk_is_full)
+    def write(self, data) -> int:
+        data = memoryview(data).cast("B")
+        if len(data) > self._room:
+            self._f.write(data[: self._room])
+            self._room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._f.__exit__(*exc)
+
+
+def _full_disk_then_resume(env, reference, out: Path, resume_in: Path) -> None:
     rc, _, stderr = run_cli(env.data, *FLAGS, "--out", str(out))
-    monkeypatch.setattr(torch, "save", real_save)
     ckpt = out / "checkpoints" / "last.ckpt"
     assert rc == 2
     assert stderr.strip().splitlines()[-1] == (
@@ -277,11 +289,45 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(env, reference, t
     )
     assert read_checkpoint(ckpt)["global_step"] == 3  # epoch 1's, whole
     assert no_partial_files(out)
-
-    rc, _, stderr = run_cli(env.data, *FLAGS, "--out", str(out), "--resume")
+    if resume_in != out:  # "once that is fixed": here, the run folder moves to a disk with room
+        shutil.copytree(out, resume_in)
+    rc, _, stderr = run_cli(env.data, *FLAGS, "--out", str(resume_in), "--resume")
     assert rc == 0, stderr
-    assert epochs_in(out) == list(range(1, EPOCHS + 1))
-    assert_same_weights(out, reference)
+    assert epochs_in(resume_in) == list(range(1, EPOCHS + 1))
+    assert_same_weights(resume_in, reference)
+
+
+def test_full_disk_during_a_save_keeps_the_previous_checkpoint(env, reference, tmp_path, monkeypatch):
+    """ENOSPC at the write itself: the second checkpoint gets 1 kB onto the disk, then the disk is full."""
+    import simsiam.atomic
+
+    opened = []
+
+    def open_on_a_filling_disk(path, mode="r", **kwargs):
+        f = open(path, mode, **kwargs)
+        if Path(path).name == partial_path("last.ckpt").name:
+            opened.append(path)
+            if len(opened) == 2:  # the resume's saves find room again
+                return _FullDisk(f, room=1024)
+        return f
+
+    monkeypatch.setattr(simsiam.atomic, "open", open_on_a_filling_disk, raising=False)
+    _full_disk_then_resume(env, reference, tmp_path / "run", resume_in=tmp_path / "run")
+
+
+def test_a_really_full_filesystem(env, reference, tmp_path):
+    """The same on a real filesystem with room for one checkpoint: a tmpfs, where mounting one is allowed."""
+    ckpt_bytes = (reference.out / "checkpoints" / "last.ckpt").stat().st_size
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    size = int(1.6 * ckpt_bytes)  # one checkpoint and the small files fit; a second copy beside it does not
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root with CAP_SYS_ADMIN; the simulated ENOSPC test covers the rest")
+    try:
+        _full_disk_then_resume(env, reference, disk / "run", resume_in=tmp_path / "moved")
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(env, reference, tmp_path, monkeypatch):

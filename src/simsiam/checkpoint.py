@@ -13,6 +13,7 @@ model) into one :class:`CheckpointError` that names the file.
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from typing import Any
@@ -43,11 +44,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         had_previous = path.exists()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_write(path) as fh:
-                torch.save(checkpoint, fh)
+            save_atomic(checkpoint, path)
         except OSError as e:
             kept = "the previous checkpoint there is kept" if had_previous else "no checkpoint was written"
             raise CheckpointError(f"{path}: cannot save the checkpoint ({e.strerror or e}); {kept}") from e
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` through :func:`atomic_write`: the file is whole or absent.
+
+    Serialised in memory first, as Lightning's own save does: torch's zip writer
+    does not pass on a failed write to a file object (a full disk surfaces later
+    as "RuntimeError: unexpected pos"), while a plain write raises OSError(ENOSPC).
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_write(path) as fh:
+        fh.write(buffer.getbuffer())
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

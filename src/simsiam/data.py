@@ -252,8 +252,9 @@ def _save_cached(key: str, payload: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as fh:
-            torch.save(payload, fh)
-    except OSError as e:  # a read-only home or a full disk only costs the next run a decode
+            torch.save(payload, fh)  # streamed: the cache can be larger than a second copy in memory
+    except (OSError, RuntimeError) as e:  # a read-only home or a full disk only costs the next run a decode
+        # (torch's zip writer reports a failed write to a file object as RuntimeError "unexpected pos")
         warnings.warn(f"could not write the image cache {path}: {e}", stacklevel=2)
 
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .atomic import atomic_write, remove_partial_files
 from .augment import Augment
-from .checkpoint import AtomicCheckpointIO, CheckpointError, check_weights_fit, read_checkpoint
+from .checkpoint import AtomicCheckpointIO, CheckpointError, check_weights_fit, read_checkpoint, save_atomic
 from .config import AugmentConfig, TrainConfig
 from .data import ImageSet
 from .evaluate import collapse_level, extract_features, knn_accuracy, z_std
@@ -681,8 +681,7 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
             if module.rows:
                 with atomic_write(out / "training.png") as fh:  # matplotlib writes PNG to a file object
                     plot_training(module.rows, fh, feature_dim=module.model.out_dim, knn_init=module.knn_init)
-            with atomic_write(out / "backbone.pt") as fh:
-                torch.save(module.model.backbone.state_dict(), fh)
+            save_atomic(module.model.backbone.state_dict(), out / "backbone.pt")
     return result
 
 
