@@ -176,11 +176,11 @@ def list_images(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
     """
     files: list[Path] = []
     seen: set[str] = set()
-    unreadable: list[str] = []
+    unreadable: dict[str, str] = {}  # real path -> what to show
 
     def note_unreadable(e: OSError) -> None:
         if os.path.realpath(e.filename) != os.path.realpath(root):
-            unreadable.append(f"{show_path(e.filename)} ({e.strerror})")
+            unreadable[os.path.realpath(e.filename)] = f"{show_path(e.filename)} ({e.strerror})"
 
     if not os.access(root, os.R_OK | os.X_OK):
         raise DataError(f"{show_path(root)}: cannot read the folder (permission denied)")
@@ -195,12 +195,17 @@ def list_images(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
             if not _is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS):
                 files.append(Path(dirpath) / name)
     if unreadable:
-        warnings.warn(f"skipped {len(unreadable)} folders that cannot be read: {'; '.join(unreadable)}", SkippedImagesWarning, stacklevel=2)
+        shown = "; ".join(unreadable.values())
+        warnings.warn(f"skipped {len(unreadable)} folders that cannot be read: {shown}", SkippedImagesWarning, stacklevel=2)
     top_level = [f for f in files if f.parent == root]
     class_dirs = sorted({f.relative_to(root).parts[0] for f in files if f.parent != root})
     if top_level or not class_dirs:
         return files, None, []
-    empty = sorted(d.name for d in root.iterdir() if d.is_dir() and not _is_hidden(d.name) and d.name not in class_dirs)
+    empty = sorted(
+        d.name
+        for d in root.iterdir()
+        if d.is_dir() and not _is_hidden(d.name) and d.name not in class_dirs and os.path.realpath(d) not in unreadable
+    )
     if empty:
         warnings.warn(f"{show_path(root)}: class folders with no images are ignored: {', '.join(empty)}", SkippedImagesWarning, stacklevel=2)
     index = {c: i for i, c in enumerate(class_dirs)}
