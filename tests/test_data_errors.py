@@ -23,7 +23,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from simsiam import data
 from simsiam.cli import main
 from simsiam.data import DataError, SkippedImagesWarning, decode_image, load, load_folder
 
@@ -82,7 +81,10 @@ def messy(tmp_path) -> Path:
     rgba = Image.new("RGBA", (16, 16), (255, 0, 0, 255))
     rgba.putpixel((0, 0), (0, 0, 0, 0))
     _write(root / "rgba.png", rgba)
-    _write(root / "palette.png", _noise().convert("P"))
+    palette = Image.new("P", (16, 16), 1)
+    palette.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)  # index 0 black (made transparent), index 1 blue
+    palette.putpixel((0, 0), 0)
+    palette.save(root / "palette.png", transparency=0)
     _write(root / "cmyk.jpg", Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG")  # red in CMYK
     _write(root / "sixteen.png", Image.fromarray(np.full((16, 16), 65535, np.uint16)))  # 16-bit white
     _write(root / "exif.jpg", _exif_rotated())
@@ -101,7 +103,7 @@ def messy(tmp_path) -> Path:
     _write(root / ".hidden.png", b"garbage")
     _write(root / ".git" / "objects.png", b"garbage")
     _write(root / "notes.txt", b"not an image extension")
-    os.symlink("..", root / "sub-loop", target_is_directory=True)
+    os.symlink(".", root / "sub-loop", target_is_directory=True)
     return root
 
 
@@ -155,7 +157,8 @@ def test_every_mode_is_converted_to_rgb_correctly(messy):
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
     assert rgb("rgba.png")[:, 0, 0].tolist() == [255, 255, 255]  # transparent over white, not black
     assert rgb("rgba.png")[:, 8, 8].tolist() == [255, 0, 0]
-    assert rgb("palette.png").shape == (3, 16, 16)
+    assert rgb("palette.png")[:, 0, 0].tolist() == [255, 255, 255]  # the transparent index over white
+    assert rgb("palette.png")[:, 8, 8].tolist() == [0, 0, 255]
     red = rgb("cmyk.jpg").mean(dim=(1, 2))
     assert red[0] > 200 and red[1] < 60 and red[2] < 60, red
     assert rgb("sixteen.png").min() == 255  # 65535 is white, not clipped garbage
@@ -209,7 +212,7 @@ def test_unreadable_folder_is_skipped_and_named(tmp_path, monkeypatch):
     else:
         (root / "b").chmod(0)
     try:
-        with pytest.warns(SkippedImagesWarning, match=r"skipped 1 folders that cannot be read: .*data/b \(Permission denied\)"):
+        with pytest.warns(SkippedImagesWarning, match=r"skipped 1 folder\(s\) that cannot be read: .*data/b \(Permission denied\)"):
             ds = load_folder(root, image_size=16, progress=False)
         assert len(ds) == 4 and ds.classes == ["a"]
     finally:

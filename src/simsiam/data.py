@@ -196,7 +196,7 @@ def list_images(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
                 files.append(Path(dirpath) / name)
     if unreadable:
         shown = "; ".join(unreadable.values())
-        warnings.warn(f"skipped {len(unreadable)} folders that cannot be read: {shown}", SkippedImagesWarning, stacklevel=2)
+        warnings.warn(f"skipped {len(unreadable)} folder(s) that cannot be read: {shown}", SkippedImagesWarning, stacklevel=2)
     top_level = [f for f in files if f.parent == root]
     class_dirs = sorted({f.relative_to(root).parts[0] for f in files if f.parent != root})
     if top_level or not class_dirs:
