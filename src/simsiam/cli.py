@@ -73,6 +73,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     import torch
+    from lightning.pytorch.utilities import rank_zero_only  # under DDP every process runs this; rank 0 speaks
 
     from .config import TrainConfig, load_yaml, recipe
     from .engine import fit
@@ -88,7 +89,7 @@ def _train(args: argparse.Namespace) -> int:
     name = values.get("recipe") or file_values.get("recipe")
     if name is None and args.data is None and file_values.get("data") is None and not args.resume and not torch.cuda.is_available():
         name = "demo"
-        print("no DATA given: training on the bundled demo set with the CPU demo recipe (see README, 'The demo')")
+        rank_zero_only(print)("no DATA given: training on the bundled demo set with the CPU demo recipe (see README, 'The demo')")
     cfg = TrainConfig()
     if name is not None:
         cfg = TrainConfig.from_dict(recipe(name), base=cfg, where=f"recipe {name}")
@@ -99,7 +100,7 @@ def _train(args: argparse.Namespace) -> int:
 
     validate(cfg)
     result = fit(cfg, resume=args.resume, overrides=given, progress=not args.quiet)
-    _print_result(result)
+    rank_zero_only(_print_result)(result)
     return 0
 
 
@@ -137,7 +138,10 @@ def _report(command: str, e: Exception) -> int:
         print(f"simsiam {command}: error: {e}", file=sys.stderr)
         return 2
     if isinstance(e, TrainingInterrupted):
-        print(f"simsiam {command}: {e}", file=sys.stderr)
+        from lightning.pytorch.utilities import rank_zero_only
+
+        if rank_zero_only.rank == 0:  # under DDP every process stops with the same message
+            print(f"simsiam {command}: {e}", file=sys.stderr)
         return 130
     if isinstance(e, OSError):  # a full disk, a read-only folder, a file gone missing: name it
         where = f"{e.filename}: " if e.filename else ""
@@ -183,7 +187,10 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")  # every --resume
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+    # Under DDP our epoch metrics are already summed over the processes (on_train_epoch_end).
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+    warnings.filterwarnings("ignore", message=".*torch.distributed.nn.functional.all_gather is deprecated.*")  # Lightning's all_gather
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"{category.__name__}: {message}\n"
 

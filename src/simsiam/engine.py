@@ -12,6 +12,7 @@ import contextlib
 import csv
 import json
 import math
+import os
 import shlex
 import signal
 import sys
@@ -23,6 +24,9 @@ from typing import Any, Iterator
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities import rank_zero_only
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .atomic import atomic_write, remove_partial_files
@@ -184,6 +188,13 @@ class SimSiamModule(L.LightningModule):
         self._rng_to_restore: dict[str, Any] | None = None
         self.stop_requested = False  # set by the Ctrl-C handler: save and stop at the end of this step
 
+    def setup(self, stage: str) -> None:
+        # Every process resolved the run folder by itself; rank 0's is the run's. (Under
+        # torchrun or SLURM the others start together with rank 0 and may see its new
+        # folder and number past it; they never write there, but fit() returns this one.)
+        if self.run_dir is not None:
+            self.run_dir = Path(self.trainer.strategy.broadcast(str(self.run_dir), src=0))
+
     # data ---------------------------------------------------------------------
 
     def attach_data(self, train: ImageSet, bank: ImageSet | None = None, query: ImageSet | None = None) -> None:
@@ -272,21 +283,36 @@ class SimSiamModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._move_cache()
+        if self.trainer.world_size > 1:
+            # Lightning seeds every process alike: without this, sample i of every
+            # process's batch would get the same crop, flip and colour parameters.
+            torch.manual_seed(self.cfg.seed + self.trainer.global_rank)
         if self.cfg.compile:
             self._step_fn = torch.compile(self._compute)
         if self.knn_init is None and self.bank is not None and self.cfg.knn_every:
             self.knn_init = self.online_knn()
             self.print(f"kNN top-1 of the backbone at random init: {self.knn_init:.4f}")
+        self._restore_process_state()
+
+    def _restore_process_state(self) -> None:
         # Resuming: continue an epoch stopped mid-way (Lightning skips on_train_epoch_start
-        # then), and the random stream exactly where the checkpoint left it. Restored here,
-        # last, because the device is known now and nothing draws from the RNG before the
-        # first training step.
-        if self._sums is not None:
-            self._sums = self._sums.to(self.device)
+        # then), and each process's random stream exactly where the checkpoint left it.
+        # Done here, last in on_fit_start: the device is known, and nothing draws from the
+        # RNG before the first training step.
+        rank, world = self.trainer.global_rank, self.trainer.world_size
         self._epoch_start = time.perf_counter() - self._resumed_seconds
-        if self._rng_to_restore is not None:
-            _set_rng_state(self._rng_to_restore, self.device)
-            self._rng_to_restore = None
+        rng, sums = self._rng_to_restore, self._sums
+        self._rng_to_restore = None
+        if rng is not None:
+            if rng["torch"].shape[0] == world:
+                # clone(): torch.set_rng_state crashes (segfault) on a row view of a larger tensor
+                _set_rng_state({k: v[rank].clone() for k, v in rng.items()}, self.device)
+            else:  # saved by another number of processes: a fresh stream, still distinct per process
+                torch.manual_seed(self.cfg.seed * 1_000_003 + 1_000 * len(self.rows) + rank)
+        if sums is not None:
+            if sums.shape[0] != world:  # another number of processes: rank 0 carries the epoch's sums so far
+                sums = (sums.sum(dim=0, keepdim=True) if rank == 0 else torch.zeros_like(sums[:1])).expand(world, -1)
+            self._sums = sums[rank].to(self.device)
 
     def on_train_epoch_start(self) -> None:
         if self._agree_to_stop():
@@ -337,10 +363,12 @@ class SimSiamModule(L.LightningModule):
         )
 
     def on_train_epoch_end(self) -> None:
-        total_loss, total_std, steps = self._sums.tolist()  # the epoch's one forced sync
+        # Summed over the processes, so every process holds the same epoch figures (the
+        # monitored kNN top-1 among them); the epoch's one forced sync.
+        total_loss, total_std, steps = self.trainer.strategy.reduce(self._sums, reduce_op="sum").tolist()
         seconds = time.perf_counter() - self._epoch_start
         loss, std = total_loss / max(steps, 1), total_std / max(steps, 1)
-        images = steps * self.cfg.batch_size
+        images = steps * (self.cfg.batch_size // self.trainer.world_size)
         epoch = self.current_epoch + 1
         level = collapse_level(std, self.model.out_dim)
         row: dict[str, Any] = dict(
@@ -353,6 +381,8 @@ class SimSiamModule(L.LightningModule):
             knn_top1=None,
             seconds=seconds,
         )
+        if self.trainer.world_size > 1 and not self.bn_synchronized:
+            self._share_bn_statistics()
         if self.bank is not None and self.cfg.knn_every and (epoch % self.cfg.knn_every == 0 or epoch == self.cfg.epochs):
             row["knn_top1"] = self.online_knn()
         if not math.isfinite(loss):
@@ -379,10 +409,43 @@ class SimSiamModule(L.LightningModule):
             warnings.warn(message, CollapseWarning, stacklevel=1)
 
     def online_knn(self) -> float:
-        """kNN top-1 of the current backbone: bank features vote for the query images."""
-        bank = extract_features(self.model, self.bank.images, device=self.device, channels_last=bool(self.cfg.channels_last))
-        query = extract_features(self.model, self.query.images, device=self.device, channels_last=bool(self.cfg.channels_last))
+        """kNN top-1 of the current backbone: bank features vote for the query images.
+
+        Under DDP every process extracts a slice and gathers the rest, so all of them
+        compute the same figure (ModelCheckpoint(monitor="knn_top1") decides on each).
+        """
+        bank, query = self._features(self.bank.images), self._features(self.query.images)
         return knn_accuracy(bank, self.bank.labels, query, self.query.labels, k=self.cfg.knn_k, temperature=self.cfg.knn_temperature)
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone features (N, D) of uint8 ``images``: this process's slice, gathered from all."""
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        per = -(-images.shape[0] // world)
+        mine = extract_features(
+            self.model, images[rank * per : (rank + 1) * per], device=self.device, channels_last=bool(self.cfg.channels_last)
+        )  # (<= per, D): the last slices may be short or empty
+        if world == 1:
+            return mine
+        padded = mine.new_zeros(per, self.model.feature_dim)  # all_gather wants one shape on every process
+        padded[: mine.shape[0]] = mine
+        return self.all_gather(padded).reshape(world * per, -1)[: images.shape[0]]  # (N, D)
+
+    @property
+    def bn_synchronized(self) -> bool:
+        """Whether the model's batch norm layers are SyncBatchNorm (Lightning converts them under DDP)."""
+        return any(isinstance(m, torch.nn.SyncBatchNorm) for m in self.model.modules())
+
+    def _share_bn_statistics(self) -> None:
+        """Give every process rank 0's BN running statistics (plain BN under DDP).
+
+        DDP already treats rank 0's buffers as the model's (it broadcasts them before
+        each forward) and rank 0 saves the checkpoints, but every process updates its
+        own copy in the epoch's last step. Without this the online kNN would mix
+        slices extracted with different statistics.
+        """
+        buffers = [b for m in self.model.modules() if isinstance(m, _BatchNorm) for b in m.buffers()]
+        for mine, rank0 in zip(buffers, self.trainer.strategy.broadcast([b.cpu() for b in buffers], src=0)):
+            mine.copy_(rank0)
 
     # checkpoint extras ------------------------------------------------------------------
 
@@ -390,19 +453,26 @@ class SimSiamModule(L.LightningModule):
         checkpoint["simsiam"] = {
             "knn_init": self.knn_init,
             "rows": self.rows,
-            # What a resume needs to continue bit for bit: the RNG the augmentations
-            # draw from (Lightning does not save it), and the running sums of an
-            # epoch that is stopped mid-way.
-            "rng": _rng_state(self.device),
-            "epoch_sums": None if self._sums is None else self._sums.detach().cpu(),
+            # What a resume needs to continue bit for bit, one row per process (each
+            # draws its own augmentations and sums its own shard): the RNG state the
+            # augmentations draw from (Lightning does not save it), and the running sums
+            # of an epoch stopped mid-way.
+            "rng": {k: self._per_process(v) for k, v in _rng_state(self.device).items()},
+            "epoch_sums": None if self._sums is None else self._per_process(self._sums.detach()),
             "epoch_seconds": time.perf_counter() - self._epoch_start,
         }
+
+    def _per_process(self, x: torch.Tensor) -> torch.Tensor:
+        """(world, ...) on the CPU: ``x`` of every process. A collective under DDP; every process saves checkpoints."""
+        if self.trainer.world_size == 1:
+            return x.detach().cpu().unsqueeze(0)
+        return self.all_gather(x.to(self.device)).cpu()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         extra = checkpoint.get("simsiam", {})
         self.knn_init = extra.get("knn_init")
         self.rows = list(extra.get("rows", []))
-        self._rng_to_restore = extra.get("rng")  # applied in on_fit_start, once the device is known
+        self._rng_to_restore = extra.get("rng")  # (world, ...) each; applied in on_fit_start, once the device is known
         self._sums = extra.get("epoch_sums")
         self._resumed_seconds = float(extra.get("epoch_seconds") or 0.0)
 
@@ -485,6 +555,38 @@ def find_run_folder(cfg: TrainConfig, resume: bool) -> Path:
     return next(c for c in candidates if not c.exists() or not any(c.iterdir()))
 
 
+LAUNCHERS = {"LightningEnvironment": "Lightning", "TorchElasticEnvironment": "torchrun", "SLURMEnvironment": "SLURM"}
+
+
+def launched_processes() -> tuple[str, int] | None:
+    """(launcher, number of processes) when torchrun or SLURM's srun started this process; Lightning then joins them."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if TorchElasticEnvironment.detect():
+        return "torchrun", int(os.environ["WORLD_SIZE"])
+    if SLURMEnvironment.detect():
+        return "SLURM", int(os.environ["SLURM_NTASKS"])
+    return None
+
+
+def describe_distributed(trainer: L.Trainer, cfg: TrainConfig, sync_bn: bool, on_gpu: bool) -> str:
+    """The log line of a multi-process run: processes, launcher, per-process batch, batch norm."""
+    environment = type(trainer.strategy.cluster_environment).__name__
+    if sync_bn:
+        bn = "synchronized across processes (SyncBatchNorm)"
+    elif not cfg.sync_batchnorm:
+        bn = "per process, not synchronized (--no-sync-batchnorm)"
+    else:
+        bn = "per process, not synchronized (torch's SyncBatchNorm needs GPUs; on CPU every process keeps plain BN)"
+    nodes, devices = trainer.num_nodes, trainer.num_devices
+    per_node = f"{devices} GPU{'s' * (devices > 1)}" if on_gpu else f"{devices} CPU process{'es' * (devices > 1)}"
+    return (
+        f"distributed: DDP over {trainer.world_size} processes ({nodes} node{'s' * (nodes > 1)} x {per_node}), "
+        f"launched by {LAUNCHERS.get(environment, environment)}; batch {cfg.batch_size // trainer.world_size} per process; "
+        f"batch norm {bn}"
+    )
+
+
 def load_run_config(out: Path) -> TrainConfig:
     """The config of the run in ``out``, from its last checkpoint (CheckpointError when that is unusable)."""
     return TrainConfig.from_dict(read_checkpoint(out / "checkpoints" / "last.ckpt")["hyper_parameters"]["config"])
@@ -535,6 +637,11 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
     from .explore import plot_training
 
     started = time.perf_counter()
+    # Under DDP this function runs in every process. Until the Trainer exists only the
+    # launcher's environment variables (RANK, LOCAL_RANK, SLURM_PROCID) tell them apart;
+    # nothing is written before then.
+    first = rank_zero_only.rank == 0
+    progress = progress and first
     out = find_run_folder(cfg, resume)
     ckpt = out / "checkpoints" / "last.ckpt"
     resume_from, epochs_done = None, 0
@@ -548,7 +655,7 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
             del saved_state  # Lightning reads the file again; do not hold two copies
         else:
             saved = TrainConfig.from_dict(load_yaml(out / "config.yaml"), where=str(out / "config.yaml"))
-            print(f"{out} has no checkpoint yet (the run stopped during its first epoch): starting it from the beginning")
+            rank_zero_only(print)(f"{out} has no checkpoint yet (the run stopped during its first epoch): starting it from the beginning")
             _check_resume_overrides(saved, overrides or {}, out)
         changes = {k: v for k, v in (overrides or {}).items() if k in RESUMABLE_OVERRIDES}
         cfg = TrainConfig.from_dict(changes, base=saved)
@@ -585,7 +692,14 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
     else:
         notes.append("online kNN: off (DATA has no class subfolders)" if dataset.labels is None else "online kNN: off")
 
-    world = (cfg.devices if isinstance(cfg.devices, int) else 1) * cfg.num_nodes
+    devices = cfg.devices if isinstance(cfg.devices, int) else (max(1, torch.cuda.device_count()) if on_gpu else 1)
+    world = devices * cfg.num_nodes
+    launched = launched_processes()
+    if launched is not None and launched[1] != world:
+        raise RunError(
+            f"--devices {devices} --num-nodes {cfg.num_nodes}: that makes {world} process(es), but {launched[0]} started "
+            f"{launched[1]}; set --devices to the processes per node and --num-nodes to the number of nodes"
+        )
     if cfg.batch_size % world:
         raise RunError(f"--batch-size: {cfg.batch_size} does not split evenly over {world} processes")
     if cfg.batch_size > len(train_set):
@@ -607,36 +721,40 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
     callbacks: list[L.Callback] = [ModelCheckpoint(dirpath=out / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False)]
     if bank is not None:
         callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="knn_top1", mode="max", save_top_k=1, enable_version_counter=False))
-    strategy = "ddp" if world > 1 else "auto"
-    trainer = L.Trainer(
-        max_epochs=cfg.epochs,
-        accelerator="gpu" if on_gpu else "cpu",
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=strategy,
-        sync_batchnorm=bool(cfg.sync_batchnorm and world > 1 and on_gpu),
-        precision=cfg.precision,
-        logger=TensorBoardLogger(save_dir=str(out), name="", version="tensorboard", default_hp_metric=False),
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],  # last.ckpt is always whole: a kill mid-save leaves the previous one
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        log_every_n_steps=min(cfg.log_every, max(1, len(train_set) // cfg.batch_size)),
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-        benchmark=on_gpu,
-        default_root_dir=str(out),
-    )
-
-    # Everything is checked: only now is the run folder written to.
-    out.mkdir(parents=True, exist_ok=True)
-    for folder in (out, out / "checkpoints"):
-        remove_partial_files(folder)  # left by a process killed while writing
-    if resume_from is None:
-        for stale in ("metrics.csv", "metrics.json"):
-            (out / stale).unlink(missing_ok=True)
-    save_yaml(cfg, out / "config.yaml")
+    # torch's SyncBatchNorm refuses CPU tensors: on CPU every process keeps plain BN.
+    sync_bn = bool(cfg.sync_batchnorm and world > 1 and on_gpu)
+    try:
+        trainer = L.Trainer(
+            max_epochs=cfg.epochs,
+            accelerator="gpu" if on_gpu else "cpu",
+            devices=devices,
+            num_nodes=cfg.num_nodes,
+            strategy="ddp" if world > 1 else "auto",
+            sync_batchnorm=sync_bn,
+            precision=cfg.precision,
+            logger=TensorBoardLogger(save_dir=str(out), name="", version="tensorboard", default_hp_metric=False),
+            callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],  # last.ckpt is always whole: a kill mid-save leaves the previous one
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            log_every_n_steps=min(cfg.log_every, max(1, len(train_set) // cfg.batch_size)),
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,
+            benchmark=on_gpu,
+            default_root_dir=str(out),
+        )
+    except MisconfigurationException as e:  # e.g. more devices than the machine has, or a launcher that disagrees
+        raise RunError(f"--devices {devices} --num-nodes {cfg.num_nodes}: {e}") from None
+    # Everything is checked: only now is the run folder written to, by rank 0 only
+    # (Lightning's checkpoints and logger do the same).
     if trainer.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        for folder in (out, out / "checkpoints"):
+            remove_partial_files(folder)  # left by a process killed while writing
+        if resume_from is None:
+            for stale in ("metrics.csv", "metrics.json"):
+                (out / stale).unlink(missing_ok=True)
+        save_yaml(cfg, out / "config.yaml")
         n_params = sum(p.numel() for p in module.model.parameters())
         lr = cfg.optim.base_lr * cfg.batch_size / 256
         print(f"run folder: {out}")
@@ -656,6 +774,8 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
             f"({cfg.batch_size // trainer.world_size} each), lr {lr:.4g}, {cfg.precision} on {'GPU' if on_gpu else 'CPU'}"
             + (", compiled" if cfg.compile else "")
         )
+        if world > 1:
+            print(describe_distributed(trainer, cfg, sync_bn, on_gpu))
         if resume_from is not None:
             print(f"resuming from {resume_from} ({epochs_done} of {cfg.epochs} epochs done)")
 
@@ -663,16 +783,21 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
         try:
             trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
         except NonFiniteLossError as e:
-            raise NonFiniteLossError(f"{e}; {_kept(ckpt)}") from None
+            raise NonFiniteLossError(f"{e}; {_kept(module.run_dir)}") from None
         except CheckpointError as e:
-            raise CheckpointError(f"{e}; once that is fixed, continue with: {resume_command(out)}") from None
+            raise CheckpointError(f"{e}; once that is fixed, continue with: {resume_command(module.run_dir)}") from None
         except OSError as e:  # a full disk or a lost folder while writing metrics or logs
             where = f"{e.filename}: " if e.filename else ""
-            raise RunError(f"{where}{e.strerror or e}; {_kept(ckpt)}; once that is fixed, continue with: {resume_command(out)}") from None
+            raise RunError(
+                f"{where}{e.strerror or e}; {_kept(module.run_dir)}; once that is fixed, continue with: {resume_command(module.run_dir)}"
+            ) from None
         except SystemExit:
             # Lightning's answer to a KeyboardInterrupt (a second Ctrl-C): stopped at once, nothing new saved.
-            raise TrainingInterrupted(f"interrupted at once, without saving; {_kept(ckpt)}; continue with: {resume_command(out)}") from None
+            raise TrainingInterrupted(
+                f"interrupted at once, without saving; {_kept(module.run_dir)}; continue with: {resume_command(module.run_dir)}"
+            ) from None
 
+        out = module.run_dir  # rank 0's folder, shared with every process in setup()
         result = summary(module, time.perf_counter() - started)
         result.update(run_folder=str(out), config=cfg.to_dict())
         if trainer.is_global_zero:
@@ -685,7 +810,8 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
     return result
 
 
-def _kept(ckpt: Path) -> str:
+def _kept(out: Path) -> str:
+    ckpt = out / "checkpoints" / "last.ckpt"
     return f"the last complete checkpoint is kept: {ckpt}" if ckpt.exists() else "no checkpoint had been saved yet"
 
 
@@ -700,7 +826,8 @@ def _stop_on_ctrl_c(module: SimSiamModule) -> Iterator[None]:
         if module.stop_requested:
             raise KeyboardInterrupt
         module.stop_requested = True
-        print("\nCtrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again: stop at once, without saving)", file=sys.stderr, flush=True)
+        if rank_zero_only.rank == 0:
+            print("\nCtrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again: stop at once, without saving)", file=sys.stderr, flush=True)
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
