@@ -140,6 +140,19 @@ def test_messy_folder_skips_bad_files_with_one_warning_naming_each(messy):
     assert _skip_warnings(record) == [message]
 
 
+def test_the_gpu_decoding_path_skips_the_same_files(messy):
+    """The nvJPEG path (torchvision's decode_jpeg), run here on the CPU: the same files decode, the same are named."""
+    from simsiam.data import _decode_all, _decode_all_gpu, list_images
+
+    files, _, _ = list_images(messy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's deprecation notice, and the refused batch that goes to Pillow
+        images, keep, skipped = _decode_all_gpu(files, 16, torch.device("cpu"), strict=False, progress=False)
+    _, keep_pillow, skipped_pillow = _decode_all(files, 16, strict=False, progress=False)
+    assert keep == keep_pillow and skipped == skipped_pillow and len(skipped) == len(BAD)
+    assert images[keep].shape == (GOOD, 3, 16, 16)
+
+
 def test_strict_stops_at_the_first_bad_file_naming_it(messy):
     with pytest.raises(DataError, match=r"messy/empty\.png: not an image"):
         load_folder(messy, image_size=16, strict=True, progress=False)

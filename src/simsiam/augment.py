@@ -118,6 +118,7 @@ class Augment:
         self.mean, self.std = tuple(mean), tuple(std)
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- randomness -----------------------------------------------------------------
 
@@ -217,9 +218,17 @@ class Augment:
             x = _gaussian_blur(x, params.blur_sigma, self.blur_kernel)
         if self.solarize_p > 0:
             x = torch.where(params.solarize[:, None, None, None] & (x >= 0.5), 1.0 - x, x)
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        mean, std = self._mean_std(x.device)
         return (x - mean) / std
+
+    def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # Made once per device: torch.tensor(..., device="cuda") on every call would be
+        # a pageable host-to-device copy, which can stall the host on the GPU each step.
+        if device not in self._constants:
+            mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+            self._constants[device] = (mean, std)
+        return self._constants[device]
 
     def _resample(self, x: torch.Tensor, params: ViewParams) -> torch.Tensor:
         # One affine map per sample from output coordinates to input coordinates

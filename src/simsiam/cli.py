@@ -48,6 +48,7 @@ TRAIN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--compile": ("compile", dict(action=argparse.BooleanOptionalAction, help="torch.compile the step (default: on GPU)")),
     "--channels-last": ("channels_last", dict(action=argparse.BooleanOptionalAction)),
     "--no-sync-batchnorm": ("sync_batchnorm", dict(action="store_false", help="plain BN per process under DDP")),
+    "--checkpoint-every": ("checkpoint_every", dict(type=int, metavar="N", help="save checkpoints/last.ckpt every N epochs (and at the end)")),
     "--log-every": ("log_every", dict(type=int, help="steps between reads of the loss")),
     "--strict": ("strict", dict(action="store_true", help="stop at the first file that cannot be decoded")),
 }

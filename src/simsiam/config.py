@@ -89,6 +89,7 @@ class TrainConfig:
     channels_last: bool | None = None  # auto: on for GPU
     sync_batchnorm: bool = True  # used when more than one process runs
     log_every: int = 50  # steps between reads of the loss (each read is a host-device sync)
+    checkpoint_every: int = 1  # epochs between saves of checkpoints/last.ckpt (and at the end)
     strict: bool = False  # stop at the first file that cannot be decoded
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -189,6 +190,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.knn_every >= 0, "--knn-every", f"must be 0 or more, got {cfg.knn_every}"),
         (cfg.num_nodes >= 1, "--num-nodes", f"must be at least 1, got {cfg.num_nodes}"),
         (cfg.log_every >= 1, "log_every", f"must be at least 1, got {cfg.log_every}"),
+        (cfg.checkpoint_every >= 1, "--checkpoint-every", f"must be at least 1, got {cfg.checkpoint_every}"),
         (cfg.accelerator in ("auto", "cpu", "gpu", "cuda"), "--accelerator", f"must be auto, cpu or gpu, got {cfg.accelerator!r}"),
         (cfg.model.backbone in BACKBONES, "--backbone", f"unknown backbone {cfg.model.backbone!r}; choose one of {', '.join(BACKBONES)}"),
         (cfg.model.proj_dim >= 1, "model.proj_dim", f"must be positive, got {cfg.model.proj_dim}"),

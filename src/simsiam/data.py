@@ -264,7 +264,7 @@ def _save_cached(key: str, payload: dict) -> None:
 
 
 def _decode_all(files: list[Path], size: int, strict: bool, progress: bool) -> tuple[torch.Tensor, list[int], list[str]]:
-    """Decode ``files`` into one tensor; returns it, the indices that decoded, and why the others did not."""
+    """Decode ``files`` with Pillow into one tensor; returns it, the indices that decoded, and why the others did not."""
     out = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
     bad: dict[int, str] = {}
 
@@ -282,10 +282,8 @@ def _decode_all(files: list[Path], size: int, strict: bool, progress: bool) -> t
     finally:
         # On --strict's first bad file (or Ctrl-C), do not decode the rest of the folder first.
         pool.shutdown(wait=True, cancel_futures=True)
-    reasons = [bad[i] for i in sorted(bad)]
-    _warn_skipped(reasons, len(files))
     keep = [i for i in range(len(files)) if i not in bad]
-    return out, keep, reasons
+    return out, keep, [bad[i] for i in sorted(bad)]
 
 
 MAX_NAMED = 50  # files named one by one in the warning; the rest are counted
@@ -299,11 +297,80 @@ def _warn_skipped(reasons: list[str], total: int) -> None:
     warnings.warn(
         f"skipped {len(reasons)} of {total} files that could not be decoded (--strict stops at the first instead): {names}{more}",
         SkippedImagesWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
 
 
-def load_folder(root: Path, image_size: int | None = None, strict: bool = False, progress: bool = True) -> ImageSet:
+_JPEG_EXTENSIONS = (".jpg", ".jpeg")
+
+
+def _fit_on_device(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(n, 3, H, W) uint8 -> (n, 3, size, size) uint8: shorter side to size (antialiased), centre crop."""
+    h, w = images.shape[-2:]
+    scale = size / min(h, w)
+    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    x = images.float()
+    if (new_h, new_w) != (h, w):
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return x[..., top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)
+
+
+def _decode_all_gpu(files: list[Path], size: int, device: torch.device, strict: bool, progress: bool, batch: int = 256):
+    """JPEGs decoded by nvJPEG on the GPU in batches (torchvision.io.decode_jpeg); the rest by Pillow.
+
+    For folders of large JPEGs CPU decoding is the bottleneck of building the
+    cache; the GPU decodes a batch of 256x256 JPEGs many times faster. A batch that
+    nvJPEG refuses (a corrupt or CMYK file, say) is decoded file by file on the CPU.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    out = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
+    jpeg = [i for i, f in enumerate(files) if f.suffix.lower() in _JPEG_EXTENSIONS]
+    others = sorted(set(range(len(files))) - set(jpeg))
+    fallback: list[int] = list(others)
+    bar = tqdm(total=len(files), desc="decoding images (GPU)", disable=not progress, unit="img")
+
+    def read(i: int) -> torch.Tensor | None:
+        try:
+            return torch.frombuffer(bytearray(files[i].read_bytes()), dtype=torch.uint8)
+        except (OSError, ValueError):  # unreadable, a dangling link, a link loop, zero bytes: Pillow's pass names it
+            return None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for start in range(0, len(jpeg), batch):
+            chunk = jpeg[start : start + batch]
+            bar.update(len(chunk))
+            blobs = list(pool.map(read, chunk))
+            fallback += [i for i, blob in zip(chunk, blobs) if blob is None]
+            chunk, blobs = [i for i, blob in zip(chunk, blobs) if blob is not None], [b for b in blobs if b is not None]
+            if not chunk:
+                continue
+            try:
+                decoded = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+            except Exception as e:  # nvJPEG refuses the whole batch for one bad file
+                warnings.warn(f"GPU decoding refused a batch ({type(e).__name__}: {e}); decoding it with Pillow", stacklevel=2)
+                fallback += chunk
+            else:
+                by_shape: dict[tuple[int, ...], list[int]] = {}
+                for j, image in enumerate(decoded):
+                    by_shape.setdefault(tuple(image.shape), []).append(j)
+                for members in by_shape.values():  # one resize per distinct shape, not per image
+                    fitted = _fit_on_device(torch.stack([decoded[j] for j in members]), size).cpu()
+                    out[[chunk[j] for j in members]] = fitted
+    bar.close()
+    if not fallback:
+        return out, list(range(len(files))), []
+    order = sorted(fallback)
+    rest, keep_rest, skipped = _decode_all([files[i] for i in order], size, strict, progress)
+    out[[order[j] for j in keep_rest]] = rest[keep_rest]
+    bad = {order[j] for j in set(range(len(order))) - set(keep_rest)}
+    return out, [i for i in range(len(files)) if i not in bad], skipped
+
+
+def load_folder(
+    root: Path, image_size: int | None = None, strict: bool = False, progress: bool = True, decode_device: str | None = None
+) -> ImageSet:
     files, labels, classes = list_images(root)
     if not files:
         raise DataError(f"{show_path(root)}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
@@ -313,7 +380,11 @@ def load_folder(root: Path, image_size: int | None = None, strict: bool = False,
     if cached is not None and strict and cached.get("skipped"):
         raise DataError(cached["skipped"][0])
     if cached is None:
-        images, keep, skipped = _decode_all(files, size, strict, progress)
+        if decode_device is not None and torch.device(decode_device).type == "cuda":
+            images, keep, skipped = _decode_all_gpu(files, size, torch.device(decode_device), strict, progress)
+        else:
+            images, keep, skipped = _decode_all(files, size, strict, progress)
+        _warn_skipped(skipped, len(files))
         if not keep:
             raise DataError(f"{show_path(root)}: none of the {len(files)} image files could be decoded")
         cached = dict(
@@ -376,8 +447,12 @@ def load_demo(image_size: int | None = None) -> ImageSet:
     return ImageSet(images, torch.from_numpy(labels.astype(np.int64)), [str(c) for c in classes], paths, "demo")
 
 
-def load(data: str | Path | None, image_size: int | None = None, strict: bool = False, progress: bool = True) -> ImageSet:
+def load(
+    data: str | Path | None, image_size: int | None = None, strict: bool = False, progress: bool = True, decode_device: str | None = None
+) -> ImageSet:
     """Load DATA as the CLI understands it: None (the demo set), an image folder, or CIFAR-10 batches.
+
+    decode_device="cuda" decodes the JPEGs of a folder on the GPU (when the cache is built).
 
     >>> ds = load(None)
     >>> ds.images.shape, ds.images.dtype, len(ds.classes)
@@ -392,4 +467,4 @@ def load(data: str | Path | None, image_size: int | None = None, strict: bool = 
         return load_cifar(path, image_size)
     if not path.is_dir():
         raise DataError(f"{show_path(path)}: expected a folder of images or a CIFAR-10 python batch")
-    return load_folder(path, image_size, strict=strict, progress=progress)
+    return load_folder(path, image_size, strict=strict, progress=progress, decode_device=decode_device)

@@ -187,6 +187,7 @@ class SimSiamModule(L.LightningModule):
         self._resumed_seconds = 0.0  # time already spent in an epoch that a checkpoint stopped mid-way
         self._rng_to_restore: dict[str, Any] | None = None
         self.stop_requested = False  # set by the Ctrl-C handler: save and stop at the end of this step
+        self._saved_epochs: int | None = None  # epochs done in the last checkpoint saved or loaded
 
     def setup(self, stage: str) -> None:
         # Every process resolved the run folder by itself; rank 0's is the run's. (Under
@@ -208,8 +209,11 @@ class SimSiamModule(L.LightningModule):
         sampler = ShardedBatches(self.train_images.shape[0], per_process, self.trainer.global_rank, world, self.cfg.seed)
         # Its own generator: making an iterator draws a seed from it, which must not
         # advance the global RNG that the augmentations draw from (a resumed run makes
-        # its first iterator at another moment than an uninterrupted one).
-        return _BatchLoader(_Identity(), sampler=sampler, batch_size=None, num_workers=0, generator=torch.Generator())
+        # its first iterator at another moment than an uninterrupted one). Pinned, so
+        # Lightning's per-step copy of the index batch to the GPU is asynchronous.
+        return _BatchLoader(
+            _Identity(), sampler=sampler, batch_size=None, num_workers=0, generator=torch.Generator(), pin_memory=self.device.type == "cuda"
+        )
 
     def _move_cache(self) -> None:
         # On a GPU the whole uint8 cache moves once when it fits with room to spare;
@@ -232,7 +236,9 @@ class SimSiamModule(L.LightningModule):
     def training_step(self, index: torch.Tensor, batch_idx: int) -> torch.Tensor:
         images = self.train_images
         x = images[index.to(images.device)].to(self.device, non_blocking=True)  # (B, 3, S, S) uint8
-        with torch.no_grad():
+        # Augmentation in float32 whatever the training precision (autocast would run the
+        # blur's convolution in bf16), and outside autograd.
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
             x1, x2 = self.augment(x), self.augment(x)  # (B, 3, s, s) each, own random parameters
         if self.cfg.channels_last:
             x1 = x1.contiguous(memory_format=torch.channels_last)
@@ -355,11 +361,12 @@ class SimSiamModule(L.LightningModule):
         # saved by then, and resuming from an epoch boundary is Lightning's plainest case.
         assert self.run_dir is not None, "fit() sets run_dir"
         path = self.run_dir / "checkpoints" / "last.ckpt"
-        if self.current_epoch == 0 and not path.exists():
-            raise TrainingInterrupted("interrupted before the first training step; nothing was saved")
+        if self._saved_epochs is None:
+            raise TrainingInterrupted("interrupted before the first epoch ended; nothing was saved")
+        saved = "saved" if self._saved_epochs == self.current_epoch else f"the last checkpoint ({self._saved_epochs} epochs) is"
         raise TrainingInterrupted(
             f"interrupted after epoch {self.current_epoch}/{self.cfg.epochs} (step {self.global_step}); "
-            f"saved {path}; continue with: {resume_command(self.run_dir)}"
+            f"{saved} {path}; continue with: {resume_command(self.run_dir)}"
         )
 
     def on_train_epoch_end(self) -> None:
@@ -407,6 +414,10 @@ class SimSiamModule(L.LightningModule):
                 f"{level:.2f} of the healthy 1/sqrt(d) = {1 / math.sqrt(self.model.out_dim):.4f}"
             )
             warnings.warn(message, CollapseWarning, stacklevel=1)
+        # Ctrl-C during this epoch: it stops at the next epoch's start (see there), with this
+        # epoch saved even when --checkpoint-every would skip it.
+        if self._agree_to_stop() and epoch % self.cfg.checkpoint_every and epoch < self.cfg.epochs:
+            self.trainer.save_checkpoint(self.run_dir / "checkpoints" / "last.ckpt")
 
     def online_knn(self) -> float:
         """kNN top-1 of the current backbone: bank features vote for the query images.
@@ -450,6 +461,7 @@ class SimSiamModule(L.LightningModule):
     # checkpoint extras ------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._saved_epochs = len(self.rows)
         checkpoint["simsiam"] = {
             "knn_init": self.knn_init,
             "rows": self.rows,
@@ -472,6 +484,7 @@ class SimSiamModule(L.LightningModule):
         extra = checkpoint.get("simsiam", {})
         self.knn_init = extra.get("knn_init")
         self.rows = list(extra.get("rows", []))
+        self._saved_epochs = len(self.rows)
         self._rng_to_restore = extra.get("rng")  # (world, ...) each; applied in on_fit_start, once the device is known
         self._sums = extra.get("epoch_sums")
         self._resumed_seconds = float(extra.get("epoch_seconds") or 0.0)
@@ -522,7 +535,9 @@ def summary(module: SimSiamModule, wall_seconds: float) -> dict[str, Any]:
 # -- one training run, end to end ------------------------------------------------------------
 
 # Options a resumed run may change; everything else comes from the run's own config.
-RESUMABLE_OVERRIDES = ("epochs", "accelerator", "devices", "num_nodes", "compile", "log_every", "knn_every", "precision", "strict")
+RESUMABLE_OVERRIDES = (
+    "epochs", "accelerator", "devices", "num_nodes", "compile", "log_every", "knn_every", "precision", "strict", "checkpoint_every",
+)  # fmt: skip
 
 
 class RunError(ValueError):
@@ -662,15 +677,18 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
         cfg.out = str(out)
     L.seed_everything(cfg.seed, verbose=False)
 
-    dataset = data_module.load(cfg.data, cfg.image_size, strict=cfg.strict, progress=progress)
     on_gpu = cfg.accelerator != "cpu" and torch.cuda.is_available()
+    if on_gpu:
+        torch.set_float32_matmul_precision("high")  # TF32 for whatever runs outside bf16 autocast
+    decode_device = "cuda" if on_gpu else None
+    dataset = data_module.load(cfg.data, cfg.image_size, strict=cfg.strict, progress=progress, decode_device=decode_device)
     cfg = resolve(cfg, dataset.image_size, on_gpu)
     cfg.out = str(out)
 
     train_set, bank, query = dataset, None, None
     notes = []
     if cfg.val is not None:
-        query = data_module.load(cfg.val, cfg.image_size, strict=cfg.strict, progress=progress)
+        query = data_module.load(cfg.val, cfg.image_size, strict=cfg.strict, progress=progress, decode_device=decode_device)
         if query.labels is None or dataset.labels is None:
             raise RunError(f"--val: {cfg.val} and DATA both need class subfolders (labels) for the online kNN")
         if query.classes != dataset.classes:
@@ -715,10 +733,16 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    # last.ckpt after every epoch, so that a kill loses one epoch at most. Not save_last=True:
-    # with save_top_k=0 Lightning writes "last" only when training ends (a last
-    # checkpoint follows a top-k save); a monitor-less top-1 named "last" is every epoch.
-    callbacks: list[L.Callback] = [ModelCheckpoint(dirpath=out / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False)]
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    # last.ckpt every --checkpoint-every epochs (default 1), so that a kill loses that
+    # many epochs at most. Not save_last=True: with save_top_k=0 Lightning writes "last"
+    # only when training ends (a last checkpoint follows a top-k save); a monitor-less
+    # top-1 named "last" is written every every_n_epochs.
+    last = ModelCheckpoint(
+        dirpath=out / "checkpoints", filename="last", save_top_k=1, every_n_epochs=cfg.checkpoint_every, enable_version_counter=False
+    )
+    callbacks: list[L.Callback] = [last] + ([TQDMProgressBar(refresh_rate=10)] if progress else [])
     if bank is not None:
         callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="knn_top1", mode="max", save_top_k=1, enable_version_counter=False))
     # torch's SyncBatchNorm refuses CPU tensors: on CPU every process keeps plain BN.
@@ -782,6 +806,8 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
     with _stop_on_ctrl_c(module):  # a Ctrl-C after the last step lets the result files below finish
         try:
             trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
+            if trainer.current_epoch % cfg.checkpoint_every:  # the last epochs fell between two saves
+                trainer.save_checkpoint(module.run_dir / "checkpoints" / "last.ckpt")
         except NonFiniteLossError as e:
             raise NonFiniteLossError(f"{e}; {_kept(module.run_dir)}") from None
         except CheckpointError as e:

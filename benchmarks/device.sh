@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU checks, as one prepared script for a GPU machine (about 4 minutes for
+# "checks", 7 for "cifar200"). Results land in $OUT (default ./device-out).
+#
+#   benchmarks/device.sh checks     # CUDA tests, throughput table, GPU decoding, DDP + SyncBN
+#   benchmarks/device.sh cifar200   # the 200-epoch CIFAR-10 run of the cifar10 recipe
+#
+# Data: .devdata/cifar10.tar.gz (train/ and val/ JPEG folders; make it with
+#   (cd ../shared/data/cifar10 && tar -cf - train val | gzip -1) > .devdata/cifar10.tar.gz)
+# lightly for the side-by-side rows: a wheel in .whl/ (see benchmarks/README.md).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-device-out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 LIGHTLY_DID_VERSION_CHECK=True
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
+if [ ! -d /tmp/cifar10/train ] && [ -f .devdata/cifar10.tar.gz ]; then
+    mkdir -p /tmp/cifar10 && tar -xzf .devdata/cifar10.tar.gz -C /tmp/cifar10
+fi
+export SIMSIAM_CACHE=/tmp/simsiam-cache
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, torchvision, lightning; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'lightning', lightning.__version__, 'cuda', torch.cuda.is_available())"
+
+case "${1:-checks}" in
+checks)
+    python3 -m pytest -q -p no:cacheprovider tests/test_augment.py tests/test_model.py 2>&1 | tail -3 | tee "$OUT/pytest.log"
+    timeout 200 python3 benchmarks/throughput.py gpu --data /tmp/cifar10/train --json "$OUT/throughput.json" 2>&1 | grep -v Warning | tee "$OUT/throughput.log"
+    timeout 60 python3 benchmarks/throughput.py decode --count 4000 2>&1 | tee "$OUT/decode.log"
+    timeout 90 python3 benchmarks/ddp_gpu_check.py 2>&1 | tail -15 | tee "$OUT/ddp.log"
+    ;;
+cifar200)
+    # The run folder stays in /tmp (checkpoints are large); its small files are copied
+    # to $OUT every 15 s so a run cut short still brings its curve back.
+    (while sleep 15; do cp /tmp/run200/metrics.csv "$OUT/" 2>/dev/null; done) &
+    copier=$!
+    timeout "${LIMIT:-560}" python3 benchmarks/cifar10.py --train /tmp/cifar10/train --val /tmp/cifar10/val --epochs "${EPOCHS:-200}" \
+        --knn-every 10 --out /tmp/run200 --results "$OUT/results_row.md" ${EXTRA:-} 2>&1 | grep -v Warning > "$OUT/cifar200.log"
+    kill $copier
+    grep -E "epoch [0-9]*0/|kNN|rror|^\|" "$OUT/cifar200.log" | tail -40
+    cp /tmp/run200/metrics.csv /tmp/run200/training.png /tmp/run200/metrics.json "$OUT/" 2>/dev/null
+    ;;
+esac

@@ -1,0 +1,281 @@
+"""Training throughput, side by side in one run: this project end to end, the model step
+alone, and lightly's SimSiam recipe; plus the CPU augmentation rate and GPU JPEG decoding.
+
+    python benchmarks/throughput.py gpu     --data DIR   # (a) ours end to end, (b) model step alone, (c) lightly
+    python benchmarks/throughput.py augment --data DIR   # CPU: Augment vs lightly's SimSiamTransform, 2 workers
+    python benchmarks/throughput.py decode               # GPU vs CPU decoding of a synthetic folder of 256x256 JPEGs
+
+The setting is the issue's: CIFAR ResNet-18 (small-image stem), 2-layer 2048-d
+projector, 512-d predictor hidden layer, batch 512, SGD. Each figure is images/s
+(an image = its two views). Ratios are only meaningful within one run: the same
+machine, the same images, at the same moment. lightly is optional (`pip install
+-e .[bench]`); without it its rows are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from simsiam import Augment, SimSiam, simsiam_loss  # noqa: E402
+from simsiam.data import load  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _table(rows: list[tuple[str, float]], reference: str) -> str:
+    ref = dict(rows)[reference]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{'pipeline'.ljust(width)}  {'images/s':>10}  {'vs ' + reference:>14}"]
+    for name, rate in rows:
+        lines.append(f"{name.ljust(width)}  {rate:>10,.0f}  {rate / ref:>13.2f}x")
+    return "\n".join(lines)
+
+
+# -- (a) this project, end to end -------------------------------------------------------------
+
+
+def ours_end_to_end(data: str, batch: int, epochs: int, compile_: bool, out: Path) -> dict:
+    """The real `simsiam train` path (Lightning Trainer, GPU cache, augmentation, logging, checkpoints).
+
+    Figures are the images/s of metrics.csv (epoch start to epoch end: data,
+    augmentation, model, optimizer, logging); the first epoch, which compiles, is
+    left out.
+    """
+    from simsiam.config import TrainConfig
+    from simsiam.engine import fit
+
+    cfg = TrainConfig.from_dict(
+        dict(
+            data=data,
+            out=str(out),
+            epochs=epochs,
+            batch_size=batch,
+            knn_every=0,
+            compile=compile_,
+            model=dict(backbone="resnet18", small_images=True, proj_dim=2048, proj_layers=2, pred_hidden_dim=512),
+            optim=dict(base_lr=0.03, weight_decay=5e-4),
+        )
+    )
+    torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
+    result = fit(cfg, progress=False)
+    import csv
+
+    with open(out / "metrics.csv") as fh:
+        rates = [float(r["images_per_s"]) for r in csv.DictReader(fh)][1:]
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+    return {"images_per_s": statistics.median(rates), "epochs_timed": len(rates), "peak_gib": peak, "wall_s": result["wall_seconds"]}
+
+
+# -- (b) the model step alone ---------------------------------------------------------------------
+
+
+def model_step_alone(batch: int, steps: int, device: torch.device, bf16: bool, channels_last: bool, compile_: bool) -> float:
+    """Forward, loss, backward and fused SGD step on ready (pre-augmented) tensors."""
+    torch.manual_seed(0)
+    model = SimSiam("resnet18", small_images=True, proj_dim=2048, proj_layers=2, pred_hidden_dim=512).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4, fused=device.type == "cuda" or None)
+    views = [torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt) for _ in range(4)]
+
+    def step(x1, x2):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            p1, p2, z1, z2 = model(x1, x2)
+            return simsiam_loss(p1, p2, z1, z2)
+
+    fn = torch.compile(step) if compile_ else step
+    warmup = 15 if compile_ else 5
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        loss = fn(views[i % 4], views[(i + 1) % 4])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync(device)
+    return steps * batch / (time.perf_counter() - start)
+
+
+# -- (c) lightly's recipe -----------------------------------------------------------------------
+
+
+def lightly_recipe(data: str, batch: int, steps: int, workers: int, device: torch.device) -> float:
+    """lightly 1.6's SimSiam recipe: PIL decode + SimSiamTransform in DataLoader workers, fp32 model step."""
+    os.environ.setdefault("LIGHTLY_DID_VERSION_CHECK", "True")
+    from lightly.data import LightlyDataset
+    from lightly.loss import NegativeCosineSimilarity
+    from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
+    from lightly.transforms import SimSiamTransform
+    from simsiam.model import build_backbone
+
+    transform = SimSiamTransform(input_size=32, gaussian_blur=0.0)
+    dataset = LightlyDataset(data, transform=transform)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, persistent_workers=workers > 0, pin_memory=True
+    )
+    backbone, dim = build_backbone("resnet18", small_images=True)
+    projector = SimSiamProjectionHead(dim, 2048, 2048)
+    predictor = SimSiamPredictionHead(2048, 512, 2048)
+    modules = torch.nn.ModuleList([backbone, projector, predictor]).to(device)
+    criterion = NegativeCosineSimilarity()
+    opt = torch.optim.SGD(modules.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
+    warmup, done, start = 5, 0, None
+    while done < warmup + steps:
+        for (x1, x2), _, _ in loader:
+            if done == warmup:
+                _sync(device)
+                start = time.perf_counter()
+            x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
+            z1, z2 = projector(backbone(x1)), projector(backbone(x2))
+            p1, p2 = predictor(z1), predictor(z2)
+            loss = 0.5 * (criterion(p1, z2.detach()) + criterion(p2, z1.detach()))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            done += 1
+            if done == warmup + steps:
+                break
+    _sync(device)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def gpu(args) -> None:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU"
+    print(f"device: {name}; data: {args.data}; batch {args.batch_size}", flush=True)
+    rows, extra = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        ours = ours_end_to_end(args.data, args.batch_size, args.epochs, not args.no_compile, Path(tmp) / "run")
+        label = "simsiam end to end (bf16, channels_last" + (")" if args.no_compile else ", compiled)")
+        rows.append((label, ours["images_per_s"]))
+        extra["ours"] = ours
+        print(f"  ours: {ours} ({time.perf_counter() - t:.0f} s)", flush=True)
+    for label, bf16, cl, comp in [
+        ("model step alone, fp32", False, False, False),
+        ("model step alone, bf16 + channels_last", True, True, False),
+        ("model step alone, bf16 + channels_last + compile", True, True, not args.no_compile),
+    ]:
+        t = time.perf_counter()
+        rows.append((label, model_step_alone(args.batch_size, args.steps, device, bf16, cl, comp)))
+        print(f"  {label}: {rows[-1][1]:,.0f} ({time.perf_counter() - t:.0f} s)", flush=True)
+    for workers in args.lightly_workers:
+        try:
+            t = time.perf_counter()
+            rows.append((f"lightly 1.6 recipe, {workers} workers, fp32", lightly_recipe(args.data, args.batch_size, args.steps, workers, device)))
+            print(f"  {rows[-1][0]}: {rows[-1][1]:,.0f} ({time.perf_counter() - t:.0f} s)", flush=True)
+        except ImportError as e:
+            print(f"  lightly not installed ({e}); its rows are skipped", flush=True)
+            break
+    print()
+    print(_table(rows, reference=rows[0][0]))
+    model_alone = rows[3][1]
+    print(f"\nend to end / model step alone (compiled): {ours['images_per_s'] / model_alone:.1%}")
+    lightly_rows = [r for r in rows if r[0].startswith("lightly")]
+    if lightly_rows:
+        best = max(lightly_rows, key=lambda r: r[1])
+        print(f"end to end / {best[0]}: {ours['images_per_s'] / best[1]:.1f}x")
+    print(f"peak GPU memory (end to end): {ours['peak_gib']:.2f} GiB")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": name, "rows": rows, **extra}, indent=2))
+
+
+def augment(args) -> None:
+    """CPU: views per second from Augment on the uint8 cache vs lightly's transform in a 2-worker loader."""
+    torch.set_num_threads(args.threads)
+    images = load(args.data, progress=False).images[: args.limit]
+    n = images.shape[0]
+    aug = Augment(size=32, seed=0)
+    rows = []
+    for _ in range(2):  # the first pass warms up
+        start = time.perf_counter()
+        for batch in images.split(args.batch_size):
+            aug(batch), aug(batch)
+        elapsed = time.perf_counter() - start
+    rows.append((f"simsiam Augment, batched, {args.threads} threads", n / elapsed))
+    try:
+        os.environ.setdefault("LIGHTLY_DID_VERSION_CHECK", "True")
+        from lightly.data import LightlyDataset
+        from lightly.transforms import SimSiamTransform
+
+        dataset = LightlyDataset(args.data, transform=SimSiamTransform(input_size=32, gaussian_blur=0.0))
+        subset = torch.utils.data.Subset(dataset, range(n))
+        loader = torch.utils.data.DataLoader(subset, batch_size=args.batch_size, num_workers=args.workers)
+        start = time.perf_counter()
+        for _ in loader:
+            pass
+        rows.append((f"lightly SimSiamTransform, {args.workers} workers", n / (time.perf_counter() - start)))
+    except ImportError as e:
+        print(f"lightly not installed ({e}); its row is skipped")
+    print(f"{n} images of {args.data}, two views each, batch {args.batch_size}, {os.cpu_count()} CPU cores\n")
+    print(_table(rows, reference=rows[-1][0]))
+
+
+def decode(args) -> None:
+    """Building the cache from a synthetic folder of 256x256 JPEGs: Pillow threads vs nvJPEG on the GPU."""
+    import numpy as np
+    from PIL import Image
+
+    from simsiam.data import _decode_all, _decode_all_gpu, list_images
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        base = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+        for i in range(args.count):
+            tile = Image.fromarray(np.roll(base, i, axis=0)).resize((256, 256), Image.Resampling.BICUBIC)
+            tile.save(root / f"{i:05d}.jpg", quality=90)
+        files, _, _ = list_images(root)
+        rows = []
+        start = time.perf_counter()
+        _decode_all(files, 224, strict=False, progress=False)
+        rows.append((f"Pillow, {min(16, (os.cpu_count() or 1) + 1)} threads", len(files) / (time.perf_counter() - start)))
+        if torch.cuda.is_available():
+            _decode_all_gpu(files[:256], 224, torch.device("cuda"), strict=False, progress=False)  # warm up nvJPEG
+            start = time.perf_counter()
+            _decode_all_gpu(files, 224, torch.device("cuda"), strict=False, progress=False)
+            rows.append(("nvJPEG on the GPU (torchvision.io.decode_jpeg)", len(files) / (time.perf_counter() - start)))
+        print(f"{len(files)} synthetic 256x256 JPEGs decoded, resized to 224 and centre-cropped\n")
+        print(_table(rows, reference=rows[0][0]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    g = sub.add_parser("gpu")
+    g.add_argument("--data", required=True)
+    g.add_argument("--batch-size", type=int, default=512)
+    g.add_argument("--epochs", type=int, default=4, help="end-to-end epochs; the first (compiling) one is not timed")
+    g.add_argument("--steps", type=int, default=100, help="timed steps of the model-alone and lightly rows")
+    g.add_argument("--lightly-workers", type=int, nargs="*", default=[8, 16])
+    g.add_argument("--no-compile", action="store_true")
+    g.add_argument("--json")
+    a = sub.add_parser("augment")
+    a.add_argument("--data", required=True)
+    a.add_argument("--limit", type=int, default=5000)
+    a.add_argument("--batch-size", type=int, default=512)
+    a.add_argument("--workers", type=int, default=2)
+    a.add_argument("--threads", type=int, default=2)
+    d = sub.add_parser("decode")
+    d.add_argument("--count", type=int, default=4000)
+    args = parser.parse_args()
+    {"gpu": gpu, "augment": augment, "decode": decode}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
