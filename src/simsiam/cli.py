@@ -88,7 +88,7 @@ def _train(args: argparse.Namespace) -> int:
 
     file_values = load_yaml(args.config) if args.config else {}
     name = values.get("recipe") or file_values.get("recipe")
-    if name is None and args.data is None and file_values.get("data") is None and not torch.cuda.is_available():
+    if name is None and args.data is None and file_values.get("data") is None and not args.resume and not torch.cuda.is_available():
         name = "demo"
         rank_zero_only(print)("no DATA given: training on the bundled demo set with the CPU demo recipe (see README, 'The demo')")
     cfg = TrainConfig()
@@ -123,26 +123,58 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
+    from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
     from .engine import NonFiniteLossError, RunError
 
-    return (ConfigError, DataError, RunError, NonFiniteLossError)
+    return (ConfigError, DataError, RunError, NonFiniteLossError, CheckpointError)
+
+
+def _report(command: str, e: Exception) -> int:
+    """One line on stderr for an error, and the exit status: 2 bad input, 130 interrupted, 1 a bug."""
+    from .engine import TrainingInterrupted
+
+    if isinstance(e, _expected_errors()):
+        print(f"simsiam {command}: error: {e}", file=sys.stderr)
+        return 2
+    if isinstance(e, TrainingInterrupted):
+        from lightning.pytorch.utilities import rank_zero_only
+
+        if rank_zero_only.rank == 0:  # under DDP every process stops with the same message
+            print(f"simsiam {command}: {e}", file=sys.stderr)
+        return 130
+    if isinstance(e, OSError):  # a full disk, a read-only folder, a file gone missing: name it
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"simsiam {command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    if os.environ.get("SIMSIAM_DEBUG"):
+        raise e
+    print(
+        f"simsiam {command}: internal error: {type(e).__name__}: {e} "
+        "(this is a bug; rerun with SIMSIAM_DEBUG=1 to see the traceback, and please report it)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_libraries()
+    # File names that are not valid UTF-8 reach Python as lone surrogates; print them
+    # escaped rather than fail with UnicodeEncodeError halfway through a run.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except _expected_errors() as e:
-        print(f"simsiam {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"simsiam {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        return _report(args.command, e)
 
 
 def _quiet_libraries() -> None:

@@ -18,6 +18,10 @@ from typing import Any
 import yaml
 
 
+# Lightning's precision names that make sense for training here.
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64", "transformer-engine")
+
+
 class ConfigError(ValueError):
     """A bad option or config value; the message names the key at fault."""
 
@@ -191,13 +195,23 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.model.backbone in BACKBONES, "--backbone", f"unknown backbone {cfg.model.backbone!r}; choose one of {', '.join(BACKBONES)}"),
         (cfg.model.proj_dim >= 1, "model.proj_dim", f"must be positive, got {cfg.model.proj_dim}"),
         (cfg.model.proj_layers is None or cfg.model.proj_layers >= 1, "model.proj_layers", f"must be at least 1, got {cfg.model.proj_layers}"),
+        (cfg.model.proj_hidden_dim is None or cfg.model.proj_hidden_dim >= 1, "model.proj_hidden_dim", f"must be positive, got {cfg.model.proj_hidden_dim}"),
+        (cfg.model.pred_hidden_dim is None or cfg.model.pred_hidden_dim >= 1, "--pred-hidden-dim", f"must be positive, got {cfg.model.pred_hidden_dim}"),
+        (0 <= cfg.seed < 2**32, "--seed", f"must be in [0, 2**32), got {cfg.seed}"),
+        (cfg.precision is None or str(cfg.precision) in PRECISIONS, "--precision", f"must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"),
         (cfg.optim.loss in LOSSES, "--loss", f"unknown loss {cfg.optim.loss!r}; choose one of {', '.join(LOSSES)}"),
         (cfg.optim.base_lr is None or cfg.optim.base_lr > 0, "--lr", f"must be positive, got {cfg.optim.base_lr}"),
         (cfg.optim.weight_decay is None or cfg.optim.weight_decay >= 0, "--weight-decay", f"must be 0 or more, got {cfg.optim.weight_decay}"),
         (cfg.optim.warmup_epochs >= 0, "--warmup-epochs", f"must be 0 or more, got {cfg.optim.warmup_epochs}"),
         (cfg.augment.rotate in ROTATIONS, "--rotate", f"must be one of {', '.join(ROTATIONS)}, got {cfg.augment.rotate!r}"),
         (0 < cfg.augment.min_scale <= cfg.augment.max_scale <= 1, "augment.min_scale", "need 0 < min_scale <= max_scale <= 1"),
+        (0 < cfg.augment.ratio[0] <= cfg.augment.ratio[1], "augment.ratio", f"need 0 < ratio[0] <= ratio[1], got {list(cfg.augment.ratio)}"),
+        (0 <= cfg.augment.hue <= 0.5, "augment.hue", f"must be in [0, 0.5], got {cfg.augment.hue}"),
+        (0 < cfg.augment.blur_sigma[0] <= cfg.augment.blur_sigma[1], "augment.blur_sigma", f"need 0 < low <= high, got {list(cfg.augment.blur_sigma)}"),
     ]
+    for name in ("brightness", "contrast", "saturation"):
+        strength = getattr(cfg.augment, name)
+        checks.append((strength >= 0, f"augment.{name}", f"must be 0 or more, got {strength}"))
     if isinstance(cfg.devices, int):
         checks.append((cfg.devices >= 1, "--devices", f"must be at least 1, got {cfg.devices}"))
     elif cfg.devices != "auto":
@@ -231,7 +245,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    from .atomic import atomic_write
+
+    with atomic_write(path, "w") as fh:
+        fh.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 # -- helpers ----------------------------------------------------------------------------------

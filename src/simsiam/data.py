@@ -33,8 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
+
+from .atomic import atomic_write
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEMO_FILE = Path(__file__).parent / "demo" / "cifar10_demo.npz"
@@ -102,8 +104,36 @@ def decode_image(source: str | Path | bytes, size: int) -> torch.Tensor:
     """One image file (or its bytes) as a (3, size, size) uint8 tensor, RGB.
 
     Shorter side resized to ``size`` (antialiased), then centre-cropped.
-    Raises OSError or ValueError (Pillow's) for files that are not images.
+    Raises DataError, naming the file, for anything that cannot be read or decoded
+    (Pillow raises a dozen exception types for broken files; callers see one).
+
+    >>> decode_image(b"not an image", 8)
+    Traceback (most recent call last):
+    ...
+    simsiam.data.DataError: image bytes: not an image (no format recognised)
     """
+    try:
+        return _decode(source, size)
+    except Exception as e:  # Pillow's parsers also raise SyntaxError, struct.error, IndexError, MemoryError, ...
+        name = "image bytes" if isinstance(source, bytes) else show_path(source)
+        if isinstance(e, OSError) and e.errno is not None:  # the file itself: missing, unreadable, a link loop
+            raise DataError(f"{name}: cannot read ({e.strerror})") from e
+        if isinstance(e, UnidentifiedImageError):
+            raise DataError(f"{name}: not an image (no format recognised)") from e
+        raise DataError(f"{name}: cannot decode image ({type(e).__name__}: {_short(e)})") from e
+
+
+def _short(e: BaseException) -> str:
+    text = " ".join(str(e).split()).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def show_path(path: str | Path) -> str:
+    """A path as text that can always be printed: bytes that are not UTF-8 show as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _decode(source: str | Path | bytes, size: int) -> torch.Tensor:
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
         if img.format == "JPEG":
             img.draft("RGB", (size, size))  # decode at 1/2, 1/4 or 1/8 scale when that still covers size
@@ -141,11 +171,20 @@ def list_images(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
     """Image files under ``root``, and labels when the images sit in class subfolders.
 
     Hidden files and folders are skipped; symbolic links are followed once (loops
-    are cut by remembering the real paths visited).
+    are cut by remembering the real paths visited); folders that cannot be read
+    are skipped with a warning naming them.
     """
     files: list[Path] = []
     seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    unreadable: dict[str, str] = {}  # real path -> what to show
+
+    def note_unreadable(e: OSError) -> None:
+        if os.path.realpath(e.filename) != os.path.realpath(root):
+            unreadable[os.path.realpath(e.filename)] = f"{show_path(e.filename)} ({e.strerror})"
+
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise DataError(f"{show_path(root)}: cannot read the folder (permission denied)")
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=note_unreadable):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames[:] = []
@@ -155,13 +194,20 @@ def list_images(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
         for name in sorted(filenames):
             if not _is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS):
                 files.append(Path(dirpath) / name)
+    if unreadable:
+        shown = "; ".join(unreadable.values())
+        warnings.warn(f"skipped {len(unreadable)} folder(s) that cannot be read: {shown}", SkippedImagesWarning, stacklevel=2)
     top_level = [f for f in files if f.parent == root]
     class_dirs = sorted({f.relative_to(root).parts[0] for f in files if f.parent != root})
     if top_level or not class_dirs:
         return files, None, []
-    empty = sorted(d.name for d in root.iterdir() if d.is_dir() and not _is_hidden(d.name) and d.name not in class_dirs)
+    empty = sorted(
+        d.name
+        for d in root.iterdir()
+        if d.is_dir() and not _is_hidden(d.name) and d.name not in class_dirs and os.path.realpath(d) not in unreadable
+    )
     if empty:
-        warnings.warn(f"{root}: class folders with no images are ignored: {', '.join(empty)}", SkippedImagesWarning, stacklevel=2)
+        warnings.warn(f"{show_path(root)}: class folders with no images are ignored: {', '.join(empty)}", SkippedImagesWarning, stacklevel=2)
     index = {c: i for i, c in enumerate(class_dirs)}
     labels = [index[f.relative_to(root).parts[0]] for f in files]
     return files, labels, class_dirs
@@ -180,10 +226,15 @@ def _auto_size(files: list[Path], max_size: int = DEFAULT_MAX_SIZE) -> int:
 
 
 def _cache_key(kind: str, root: Path, files: list[Path], size: int) -> str:
-    h = hashlib.sha1(f"{CACHE_VERSION}|{kind}|{root.resolve()}|{size}".encode())
+    # os.fsencode: file names need not be valid UTF-8.
+    h = hashlib.sha1(f"{CACHE_VERSION}|{kind}|{size}|".encode() + os.fsencode(root.resolve()))
     for f in files:
-        st = f.stat()
-        h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        try:
+            st = f.stat()
+            stamp = f"|{st.st_size}|{st.st_mtime_ns}|{st.st_mode & 0o777}\n"
+        except OSError as e:  # a dangling link or a link loop: the decoding pass reports it
+            stamp = f"|unreadable {e.errno}\n"
+        h.update(os.fsencode(f) + stamp.encode())
     return h.hexdigest()[:20]
 
 
@@ -205,33 +256,49 @@ def _save_cached(key: str, payload: dict) -> None:
     path = cache_dir() / f"{key}.pt"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except OSError as e:  # a read-only home only costs the next run a decode
+        with atomic_write(path) as fh:
+            torch.save(payload, fh)  # streamed: the cache can be larger than a second copy in memory
+    except (OSError, RuntimeError) as e:  # a read-only home or a full disk only costs the next run a decode
+        # (torch's zip writer reports a failed write to a file object as RuntimeError "unexpected pos")
         warnings.warn(f"could not write the image cache {path}: {e}", stacklevel=2)
 
 
-def _decode_all(files: list[Path], size: int, strict: bool, progress: bool) -> tuple[torch.Tensor, list[int]]:
+def _decode_all(files: list[Path], size: int, strict: bool, progress: bool) -> tuple[torch.Tensor, list[int], list[str]]:
+    """Decode ``files`` with Pillow into one tensor; returns it, the indices that decoded, and why the others did not."""
     out = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
-    bad: list[tuple[Path, str]] = []
+    bad: dict[int, str] = {}
 
     def work(i: int) -> None:
         try:
             out[i] = decode_image(files[i], size)
-        except Exception as e:  # Pillow raises many types for broken files
+        except DataError as e:
             if strict:
-                raise DataError(f"{files[i]}: cannot decode image ({type(e).__name__}: {e})") from e
-            bad.append((files[i], f"{type(e).__name__}: {e}"))
+                raise
+            bad[i] = str(e)
 
-    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) + 1)) as pool:
+    pool = ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) + 1))
+    try:
         list(tqdm(pool.map(work, range(len(files))), total=len(files), desc="decoding images", disable=not progress, unit="img"))
-    if bad:
-        names = "; ".join(f"{p} ({why})" for p, why in bad[:20]) + (" ..." if len(bad) > 20 else "")
-        warnings.warn(f"skipped {len(bad)} of {len(files)} files that could not be decoded: {names}", SkippedImagesWarning, stacklevel=2)
-    bad_set = {p for p, _ in bad}
-    keep = [i for i, f in enumerate(files) if f not in bad_set]
-    return out, keep
+    finally:
+        # On --strict's first bad file (or Ctrl-C), do not decode the rest of the folder first.
+        pool.shutdown(wait=True, cancel_futures=True)
+    keep = [i for i in range(len(files)) if i not in bad]
+    return out, keep, [bad[i] for i in sorted(bad)]
+
+
+MAX_NAMED = 50  # files named one by one in the warning; the rest are counted
+
+
+def _warn_skipped(reasons: list[str], total: int) -> None:
+    if not reasons:
+        return
+    names = "; ".join(reasons[:MAX_NAMED])
+    more = f"; and {len(reasons) - MAX_NAMED} more" if len(reasons) > MAX_NAMED else ""
+    warnings.warn(
+        f"skipped {len(reasons)} of {total} files that could not be decoded (--strict stops at the first instead): {names}{more}",
+        SkippedImagesWarning,
+        stacklevel=4,
+    )
 
 
 _JPEG_EXTENSIONS = (".jpg", ".jpeg")
@@ -263,10 +330,22 @@ def _decode_all_gpu(files: list[Path], size: int, device: torch.device, strict: 
     others = sorted(set(range(len(files))) - set(jpeg))
     fallback: list[int] = list(others)
     bar = tqdm(total=len(files), desc="decoding images (GPU)", disable=not progress, unit="img")
+
+    def read(i: int) -> torch.Tensor | None:
+        try:
+            return torch.frombuffer(bytearray(files[i].read_bytes()), dtype=torch.uint8)
+        except (OSError, ValueError):  # unreadable, a dangling link, a link loop, zero bytes: Pillow's pass names it
+            return None
+
     with ThreadPoolExecutor(max_workers=8) as pool:
         for start in range(0, len(jpeg), batch):
             chunk = jpeg[start : start + batch]
-            blobs = list(pool.map(lambda i: torch.frombuffer(bytearray(files[i].read_bytes()), dtype=torch.uint8), chunk))
+            bar.update(len(chunk))
+            blobs = list(pool.map(read, chunk))
+            fallback += [i for i, blob in zip(chunk, blobs) if blob is None]
+            chunk, blobs = [i for i, blob in zip(chunk, blobs) if blob is not None], [b for b in blobs if b is not None]
+            if not chunk:
+                continue
             try:
                 decoded = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
             except Exception as e:  # nvJPEG refuses the whole batch for one bad file
@@ -279,15 +358,14 @@ def _decode_all_gpu(files: list[Path], size: int, device: torch.device, strict: 
                 for members in by_shape.values():  # one resize per distinct shape, not per image
                     fitted = _fit_on_device(torch.stack([decoded[j] for j in members]), size).cpu()
                     out[[chunk[j] for j in members]] = fitted
-            bar.update(len(chunk))
     bar.close()
     if not fallback:
-        return out, list(range(len(files)))
+        return out, list(range(len(files))), []
     order = sorted(fallback)
-    rest, keep_rest = _decode_all([files[i] for i in order], size, strict, progress)
+    rest, keep_rest, skipped = _decode_all([files[i] for i in order], size, strict, progress)
     out[[order[j] for j in keep_rest]] = rest[keep_rest]
     bad = {order[j] for j in set(range(len(order))) - set(keep_rest)}
-    return out, [i for i in range(len(files)) if i not in bad]
+    return out, [i for i in range(len(files)) if i not in bad], skipped
 
 
 def load_folder(
@@ -295,24 +373,30 @@ def load_folder(
 ) -> ImageSet:
     files, labels, classes = list_images(root)
     if not files:
-        raise DataError(f"{root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
+        raise DataError(f"{show_path(root)}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
     size = image_size or _auto_size(files)
     key = _cache_key("folder", root, files, size)
-    cached = None if strict else _load_cached(key)
+    cached = _load_cached(key)
+    if cached is not None and strict and cached.get("skipped"):
+        raise DataError(cached["skipped"][0])
     if cached is None:
         if decode_device is not None and torch.device(decode_device).type == "cuda":
-            images, keep = _decode_all_gpu(files, size, torch.device(decode_device), strict, progress)
+            images, keep, skipped = _decode_all_gpu(files, size, torch.device(decode_device), strict, progress)
         else:
-            images, keep = _decode_all(files, size, strict, progress)
+            images, keep, skipped = _decode_all(files, size, strict, progress)
+        _warn_skipped(skipped, len(files))
+        if not keep:
+            raise DataError(f"{show_path(root)}: none of the {len(files)} image files could be decoded")
         cached = dict(
             images=images[keep].clone() if len(keep) < len(files) else images,
             labels=None if labels is None else torch.tensor([labels[i] for i in keep], dtype=torch.long),
             classes=classes,
             paths=[str(files[i]) for i in keep],
+            skipped=skipped,  # so that a run from the cache warns about them too
         )
-        if not keep:
-            raise DataError(f"{root}: none of the {len(files)} image files could be decoded")
         _save_cached(key, cached)
+    else:
+        _warn_skipped(list(cached.get("skipped", [])), len(files))
     return ImageSet(cached["images"], cached["labels"], list(cached["classes"]), list(cached["paths"]), str(root))
 
 
@@ -378,9 +462,9 @@ def load(
         return load_demo(image_size)
     path = Path(data)
     if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
+        raise DataError(f"{show_path(path)}: no such file or folder")
     if _is_cifar(path):
         return load_cifar(path, image_size)
     if not path.is_dir():
-        raise DataError(f"{path}: expected a folder of images or a CIFAR-10 python batch")
+        raise DataError(f"{show_path(path)}: expected a folder of images or a CIFAR-10 python batch")
     return load_folder(path, image_size, strict=strict, progress=progress, decode_device=decode_device)

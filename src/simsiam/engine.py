@@ -8,10 +8,15 @@ host-device sync except every ``log_every`` steps.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
+import shlex
+import signal
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -24,7 +29,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .atomic import atomic_write, remove_partial_files
 from .augment import Augment
+from .checkpoint import AtomicCheckpointIO, CheckpointError, check_weights_fit, read_checkpoint, save_atomic
 from .config import AugmentConfig, TrainConfig
 from .data import ImageSet
 from .evaluate import collapse_level, extract_features, knn_accuracy, z_std
@@ -36,6 +43,10 @@ METRIC_COLUMNS = ("epoch", "loss", "z_std", "collapse", "lr", "images_per_s", "k
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on Ctrl-C (SIGINT); the message says what was saved and how to resume."""
 
 
 class CollapseWarning(UserWarning):
@@ -94,11 +105,17 @@ class ShardedBatches(Sampler):
     processes; process r takes positions r, r + world, ... so the shards are
     disjoint and together cover the epoch. The incomplete last batch is dropped
     (batch norm and the loss want full batches).
+
+    Resumable mid-epoch: ``state_dict`` records how many batches of the epoch were
+    handed out, and after ``load_state_dict`` the next pass over that epoch skips
+    them, so a run stopped mid-epoch continues with the very next batch.
     """
 
     def __init__(self, n: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0):
         self.n, self.batch_size, self.rank, self.world_size, self.seed = n, batch_size, rank, world_size, seed
         self.epoch = 0
+        self.handed_out = 0  # batches of the current epoch yielded so far
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this before each epoch
         self.epoch = epoch
@@ -106,12 +123,37 @@ class ShardedBatches(Sampler):
     def __len__(self) -> int:
         return self.n // (self.batch_size * self.world_size)
 
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches": self.handed_out}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = (int(state["epoch"]), int(state["batches"]))
+
     def __iter__(self) -> Iterator[torch.Tensor]:
+        skip = 0
+        if self._resume_at is not None:
+            epoch, done = self._resume_at
+            self._resume_at = None
+            skip = done if epoch == self.epoch else 0
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         perm = torch.randperm(self.n, generator=g)
         shard = perm[self.rank :: self.world_size]
-        for i in range(len(self)):
+        self.handed_out = skip
+        for i in range(skip, len(self)):
+            # Counted before the yield: Lightning does not prefetch from a loader of known
+            # length, so at a batch's end this is the number of batches trained this epoch.
+            self.handed_out = i + 1
             yield shard[i * self.batch_size : (i + 1) * self.batch_size]
+
+
+class _BatchLoader(DataLoader):
+    """A DataLoader that Lightning treats as resumable: its sampler's position goes into checkpoints."""
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.load_state_dict(state)
 
 
 class _Identity(Dataset):
@@ -141,6 +183,11 @@ class SimSiamModule(L.LightningModule):
         self.run_dir: Path | None = None  # where metrics.csv goes (rank 0 writes it)
         self._step_fn = self._compute  # replaced by its compiled version on fit start
         self._sums: torch.Tensor | None = None  # (loss, z_std, steps) summed on the device
+        self._epoch_start = time.perf_counter()
+        self._resumed_seconds = 0.0  # time already spent in an epoch that a checkpoint stopped mid-way
+        self._rng_to_restore: dict[str, Any] | None = None
+        self.stop_requested = False  # set by the Ctrl-C handler: save and stop at the end of this step
+        self._saved_epochs: int | None = None  # epochs done in the last checkpoint saved or loaded
 
     def setup(self, stage: str) -> None:
         # Every process resolved the run folder by itself; rank 0's is the run's. (Under
@@ -160,8 +207,13 @@ class SimSiamModule(L.LightningModule):
         world = self.trainer.world_size
         per_process = self.cfg.batch_size // world
         sampler = ShardedBatches(self.train_images.shape[0], per_process, self.trainer.global_rank, world, self.cfg.seed)
-        # Pinned, so Lightning's per-step copy of the index batch to the GPU is asynchronous.
-        return DataLoader(_Identity(), sampler=sampler, batch_size=None, num_workers=0, pin_memory=self.device.type == "cuda")
+        # Its own generator: making an iterator draws a seed from it, which must not
+        # advance the global RNG that the augmentations draw from (a resumed run makes
+        # its first iterator at another moment than an uninterrupted one). Pinned, so
+        # Lightning's per-step copy of the index batch to the GPU is asynchronous.
+        return _BatchLoader(
+            _Identity(), sampler=sampler, batch_size=None, num_workers=0, generator=torch.Generator(), pin_memory=self.device.type == "cuda"
+        )
 
     def _move_cache(self) -> None:
         # On a GPU the whole uint8 cache moves once when it fits with room to spare;
@@ -250,12 +302,76 @@ class SimSiamModule(L.LightningModule):
         if self.knn_init is None and self.bank is not None and self.cfg.knn_every:
             self.knn_init = self.online_knn()
             self.print(f"kNN top-1 of the backbone at random init: {self.knn_init:.4f}")
+        self._restore_process_state()
+
+    def _restore_process_state(self) -> None:
+        # Resuming: continue an epoch stopped mid-way (Lightning skips on_train_epoch_start
+        # then), and each process's random stream exactly where the checkpoint left it.
+        # Done here, last in on_fit_start: the device is known, and nothing draws from the
+        # RNG before the first training step.
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        self._epoch_start = time.perf_counter() - self._resumed_seconds
+        rng, sums = self._rng_to_restore, self._sums
+        self._rng_to_restore = None
+        if rng is not None:
+            if rng["torch"].shape[0] == world:
+                # clone(): torch.set_rng_state crashes (segfault) on a row view of a larger tensor
+                _set_rng_state({k: v[rank].clone() for k, v in rng.items()}, self.device)
+            else:  # saved by another number of processes: a fresh stream, still distinct per process
+                torch.manual_seed(self.cfg.seed * 1_000_003 + 1_000 * len(self.rows) + rank)
+        if sums is not None:
+            if sums.shape[0] != world:  # another number of processes: rank 0 carries the epoch's sums so far
+                sums = (sums.sum(dim=0, keepdim=True) if rank == 0 else torch.zeros_like(sums[:1])).expand(world, -1)
+            self._sums = sums[rank].to(self.device)
 
     def on_train_epoch_start(self) -> None:
+        if self._agree_to_stop():
+            self._stop_at_epoch_start()
         self._sums = torch.zeros(3, device=self.device)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self._epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Ctrl-C is honoured here, between two steps, never inside one: an optimizer
+        # step cut in half would leave some weights updated and others not.
+        if self.trainer.world_size > 1 and self.global_step % self.cfg.log_every:
+            return  # agreeing to stop is a collective under DDP: done every log_every steps only
+        if batch_idx + 1 >= self.trainer.num_training_batches:
+            return  # the epoch's last step: its end-of-epoch checkpoint comes next (see on_train_epoch_start)
+        if self._agree_to_stop():
+            self._save_and_stop()
+
+    def _agree_to_stop(self) -> bool:
+        if self.trainer.world_size > 1:  # every process must stop at the same step
+            return bool(self.trainer.strategy.reduce_boolean_decision(self.stop_requested, all=False))
+        return self.stop_requested
+
+    def _save_and_stop(self) -> None:
+        assert self.run_dir is not None, "fit() sets run_dir"
+        if not bool(torch.isfinite(self._sums[0])):
+            raise NonFiniteLossError(f"the loss became non-finite before step {self.global_step}; no checkpoint saved on stopping")
+        path = self.run_dir / "checkpoints" / "last.ckpt"
+        self.trainer.save_checkpoint(path)
+        done = int(self._sums[2].item())
+        raise TrainingInterrupted(
+            f"interrupted in epoch {self.current_epoch + 1}/{self.cfg.epochs} after step {self.global_step} "
+            f"({done} of its {self.trainer.num_training_batches} steps done); saved {path}; "
+            f"continue with: {resume_command(self.run_dir)}"
+        )
+
+    def _stop_at_epoch_start(self) -> None:
+        # Ctrl-C during an epoch's last step or its end: the end-of-epoch checkpoint is
+        # saved by then, and resuming from an epoch boundary is Lightning's plainest case.
+        assert self.run_dir is not None, "fit() sets run_dir"
+        path = self.run_dir / "checkpoints" / "last.ckpt"
+        if self._saved_epochs is None:
+            raise TrainingInterrupted("interrupted before the first epoch ended; nothing was saved")
+        saved = "saved" if self._saved_epochs == self.current_epoch else f"the last checkpoint ({self._saved_epochs} epochs) is"
+        raise TrainingInterrupted(
+            f"interrupted after epoch {self.current_epoch}/{self.cfg.epochs} (step {self.global_step}); "
+            f"{saved} {path}; continue with: {resume_command(self.run_dir)}"
+        )
 
     def on_train_epoch_end(self) -> None:
         # Summed over the processes, so every process holds the same epoch figures (the
@@ -302,6 +418,10 @@ class SimSiamModule(L.LightningModule):
                 f"{level:.2f} of the healthy 1/sqrt(d) = {1 / math.sqrt(self.model.out_dim):.4f}"
             )
             warnings.warn(message, CollapseWarning, stacklevel=1)
+        # Ctrl-C during this epoch: it stops at the next epoch's start (see there), with this
+        # epoch saved even when --checkpoint-every would skip it.
+        if self._agree_to_stop() and epoch % self.cfg.checkpoint_every and epoch < self.cfg.epochs:
+            self.trainer.save_checkpoint(self.run_dir / "checkpoints" / "last.ckpt")
 
     def online_knn(self) -> float:
         """kNN top-1 of the current backbone: bank features vote for the query images.
@@ -345,12 +465,46 @@ class SimSiamModule(L.LightningModule):
     # checkpoint extras ------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["simsiam"] = {"knn_init": self.knn_init, "rows": self.rows}
+        self._saved_epochs = len(self.rows)
+        checkpoint["simsiam"] = {
+            "knn_init": self.knn_init,
+            "rows": self.rows,
+            # What a resume needs to continue bit for bit, one row per process (each
+            # draws its own augmentations and sums its own shard): the RNG state the
+            # augmentations draw from (Lightning does not save it), and the running sums
+            # of an epoch stopped mid-way.
+            "rng": {k: self._per_process(v) for k, v in _rng_state(self.device).items()},
+            "epoch_sums": None if self._sums is None else self._per_process(self._sums.detach()),
+            "epoch_seconds": time.perf_counter() - self._epoch_start,
+        }
+
+    def _per_process(self, x: torch.Tensor) -> torch.Tensor:
+        """(world, ...) on the CPU: ``x`` of every process. A collective under DDP; every process saves checkpoints."""
+        if self.trainer.world_size == 1:
+            return x.detach().cpu().unsqueeze(0)
+        return self.all_gather(x.to(self.device)).cpu()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         extra = checkpoint.get("simsiam", {})
         self.knn_init = extra.get("knn_init")
         self.rows = list(extra.get("rows", []))
+        self._saved_epochs = len(self.rows)
+        self._rng_to_restore = extra.get("rng")  # (world, ...) each; applied in on_fit_start, once the device is known
+        self._sums = extra.get("epoch_sums")
+        self._resumed_seconds = float(extra.get("epoch_seconds") or 0.0)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 # -- the run folder --------------------------------------------------------------------------
@@ -358,13 +512,11 @@ class SimSiamModule(L.LightningModule):
 
 def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite metrics.csv from the epoch rows (each epoch once, also after a resume); atomic."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_write(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
-    os.replace(tmp, path)
 
 
 def summary(module: SimSiamModule, wall_seconds: float) -> dict[str, Any]:
@@ -387,7 +539,9 @@ def summary(module: SimSiamModule, wall_seconds: float) -> dict[str, Any]:
 # -- one training run, end to end ------------------------------------------------------------
 
 # Options a resumed run may change; everything else comes from the run's own config.
-RESUMABLE_OVERRIDES = ("epochs", "accelerator", "devices", "num_nodes", "compile", "log_every", "knn_every", "precision", "checkpoint_every")
+RESUMABLE_OVERRIDES = (
+    "epochs", "accelerator", "devices", "num_nodes", "compile", "log_every", "knn_every", "precision", "strict", "checkpoint_every",
+)  # fmt: skip
 
 
 class RunError(ValueError):
@@ -403,7 +557,8 @@ def find_run_folder(cfg: TrainConfig, resume: bool) -> Path:
     if cfg.out is not None:
         out = Path(cfg.out)
         has_run = (out / "checkpoints" / "last.ckpt").exists()
-        if resume and not has_run:
+        # A run killed before its first checkpoint left only its config: --resume starts it over.
+        if resume and not has_run and not (out / "config.yaml").is_file():
             raise RunError(f"--resume: {out} holds no checkpoints/last.ckpt to resume from")
         if not resume and has_run:
             raise RunError(f"--out: {out} already holds a run; pass --resume to continue it, or choose another --out")
@@ -452,12 +607,42 @@ def describe_distributed(trainer: L.Trainer, cfg: TrainConfig, sync_bn: bool, on
 
 
 def load_run_config(out: Path) -> TrainConfig:
-    ckpt = out / "checkpoints" / "last.ckpt"
+    """The config of the run in ``out``, from its last checkpoint (CheckpointError when that is unusable)."""
+    return TrainConfig.from_dict(read_checkpoint(out / "checkpoints" / "last.ckpt")["hyper_parameters"]["config"])
+
+
+def resume_command(out: Path) -> str:
+    return f"simsiam train --resume --out {shlex.quote(str(out))}"
+
+
+def _check_resume_overrides(saved: TrainConfig, overrides: dict[str, Any], out: Path) -> None:
+    """A resumed run keeps its settings: options given again must agree with them, except RESUMABLE_OVERRIDES."""
+    from .cli import TRAIN_FLAGS
+
+    flags = {key: flag for flag, (key, _) in TRAIN_FLAGS.items()}
+    values = saved.to_dict()
+    for key, given in overrides.items():
+        if key in RESUMABLE_OVERRIDES or key in ("out", "data"):
+            continue
+        had: Any = values
+        for part in key.split("."):
+            had = had.get(part) if isinstance(had, dict) else None
+        if had != given and not (isinstance(had, list) and list(given) == had):
+            what = "the checkpoint is of another model: " if key.startswith("model.") else ""
+            may = ", ".join(flags.get(k, k) for k in RESUMABLE_OVERRIDES)
+            raise RunError(
+                f"{flags.get(key, key)}: {what}the run in {out} has {key} = {had!r}, not {given!r}; --resume continues a run "
+                f"with its own settings and may change only {may}; to train with another {key}, start a new run with another --out"
+            )
+
+
+def _check_weights_fit_config(path: Path, weights: dict[str, torch.Tensor], cfg: TrainConfig) -> None:
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        return TrainConfig.from_dict(state["hyper_parameters"]["config"])
+        with torch.device("meta"):  # shapes only: no memory, no time
+            model = build_model(cfg)
     except Exception as e:
-        raise RunError(f"{ckpt}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: its config does not describe a model this simsiam can build ({type(e).__name__}: {e})") from None
+    check_weights_fit(path, weights, {f"model.{k}": v for k, v in model.state_dict().items()})
 
 
 def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
@@ -467,7 +652,7 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
     RESUMABLE_OVERRIDES may change a run).
     """
     from . import data as data_module
-    from .config import resolve, save_yaml
+    from .config import load_yaml, resolve, save_yaml
     from .explore import plot_training
 
     started = time.perf_counter()
@@ -477,11 +662,20 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
     first = rank_zero_only.rank == 0
     progress = progress and first
     out = find_run_folder(cfg, resume)
+    ckpt = out / "checkpoints" / "last.ckpt"
+    resume_from, epochs_done = None, 0
     if resume:
-        saved = load_run_config(out)
-        ignored = sorted(k for k in (overrides or {}) if k not in RESUMABLE_OVERRIDES and k not in ("out", "data"))
-        if ignored and first:
-            warnings.warn(f"--resume keeps the run's own settings; ignored: {', '.join(ignored)}", stacklevel=2)
+        if ckpt.exists():
+            saved_state = read_checkpoint(ckpt)
+            saved = TrainConfig.from_dict(saved_state["hyper_parameters"]["config"])
+            _check_resume_overrides(saved, overrides or {}, out)
+            _check_weights_fit_config(ckpt, saved_state["state_dict"], saved)  # before minutes of decoding images
+            resume_from, epochs_done = ckpt, len(saved_state.get("simsiam", {}).get("rows", []))
+            del saved_state  # Lightning reads the file again; do not hold two copies
+        else:
+            saved = TrainConfig.from_dict(load_yaml(out / "config.yaml"), where=str(out / "config.yaml"))
+            rank_zero_only(print)(f"{out} has no checkpoint yet (the run stopped during its first epoch): starting it from the beginning")
+            _check_resume_overrides(saved, overrides or {}, out)
         changes = {k: v for k, v in (overrides or {}).items() if k in RESUMABLE_OVERRIDES}
         cfg = TrainConfig.from_dict(changes, base=saved)
         cfg.out = str(out)
@@ -505,6 +699,8 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
             raise RunError(f"--val: {cfg.val} has classes {query.classes}, DATA has {dataset.classes}")
         bank = dataset
         notes.append(f"online kNN: {len(query)} images of {cfg.val} classified against the {len(bank)} training images")
+    elif dataset.labels is not None and len(dataset.classes) < 2:
+        notes.append(f"online kNN: off (DATA has the one class {dataset.classes[0]!r}; an accuracy needs two or more)")
     elif dataset.labels is not None and cfg.held_out > 0 and cfg.knn_every:
         train_set, query = dataset.split(cfg.held_out, seed=cfg.seed)
         bank = train_set
@@ -512,6 +708,9 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
             f"online kNN: holding out {len(query)} labeled images ({cfg.held_out:.0%}) as queries against the "
             f"{len(train_set)} training images; SimSiam trains on those {len(train_set)} only"
         )
+        if len(query) == 0:  # every class too small to give up a single image
+            train_set, bank, query = dataset, None, None
+            notes[-1] = f"online kNN: off (no class has enough images to hold out {cfg.held_out:.0%} of them; see --held-out)"
     else:
         notes.append("online kNN: off (DATA has no class subfolders)" if dataset.labels is None else "online kNN: off")
 
@@ -540,7 +739,13 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
 
     from lightning.pytorch.callbacks import TQDMProgressBar
 
-    last = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=cfg.checkpoint_every)
+    # last.ckpt every --checkpoint-every epochs (default 1), so that a kill loses that
+    # many epochs at most. Not save_last=True: with save_top_k=0 Lightning writes "last"
+    # only when training ends (a last checkpoint follows a top-k save); a monitor-less
+    # top-1 named "last" is written every every_n_epochs.
+    last = ModelCheckpoint(
+        dirpath=out / "checkpoints", filename="last", save_top_k=1, every_n_epochs=cfg.checkpoint_every, enable_version_counter=False
+    )
     callbacks: list[L.Callback] = [last] + ([TQDMProgressBar(refresh_rate=10)] if progress else [])
     if bank is not None:
         callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="knn_top1", mode="max", save_top_k=1, enable_version_counter=False))
@@ -557,6 +762,7 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
             precision=cfg.precision,
             logger=TensorBoardLogger(save_dir=str(out), name="", version="tensorboard", default_hp_metric=False),
             callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],  # last.ckpt is always whole: a kill mid-save leaves the previous one
             enable_progress_bar=progress,
             enable_model_summary=False,
             log_every_n_steps=min(cfg.log_every, max(1, len(train_set) // cfg.batch_size)),
@@ -567,9 +773,13 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
         )
     except MisconfigurationException as e:  # e.g. more devices than the machine has, or a launcher that disagrees
         raise RunError(f"--devices {devices} --num-nodes {cfg.num_nodes}: {e}") from None
-    if trainer.is_global_zero:  # only rank 0 writes the run folder; Lightning's checkpoints and logger do the same
+    # Everything is checked: only now is the run folder written to, by rank 0 only
+    # (Lightning's checkpoints and logger do the same).
+    if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
-        if not resume:
+        for folder in (out, out / "checkpoints"):
+            remove_partial_files(folder)  # left by a process killed while writing
+        if resume_from is None:
             for stale in ("metrics.csv", "metrics.json"):
                 (out / stale).unlink(missing_ok=True)
         save_yaml(cfg, out / "config.yaml")
@@ -594,16 +804,63 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
         )
         if world > 1:
             print(describe_distributed(trainer, cfg, sync_bn, on_gpu))
-    ckpt = out / "checkpoints" / "last.ckpt" if resume else None
-    trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
-    if trainer.current_epoch % cfg.checkpoint_every:  # the last epochs fell between two saves
-        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+        if resume_from is not None:
+            print(f"resuming from {resume_from} ({epochs_done} of {cfg.epochs} epochs done)")
 
-    out = module.run_dir  # rank 0's folder, shared with every process in setup()
-    result = summary(module, time.perf_counter() - started)
-    result.update(run_folder=str(out), config=cfg.to_dict())
-    if trainer.is_global_zero:
-        (out / "metrics.json").write_text(json.dumps(result, indent=2))
-        plot_training(module.rows, out / "training.png", feature_dim=module.model.out_dim, knn_init=module.knn_init)
-        torch.save(module.model.backbone.state_dict(), out / "backbone.pt")
+    with _stop_on_ctrl_c(module):  # a Ctrl-C after the last step lets the result files below finish
+        try:
+            trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
+            if trainer.current_epoch % cfg.checkpoint_every:  # the last epochs fell between two saves
+                trainer.save_checkpoint(module.run_dir / "checkpoints" / "last.ckpt")
+        except NonFiniteLossError as e:
+            raise NonFiniteLossError(f"{e}; {_kept(module.run_dir)}") from None
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}; once that is fixed, continue with: {resume_command(module.run_dir)}") from None
+        except OSError as e:  # a full disk or a lost folder while writing metrics or logs
+            where = f"{e.filename}: " if e.filename else ""
+            raise RunError(
+                f"{where}{e.strerror or e}; {_kept(module.run_dir)}; once that is fixed, continue with: {resume_command(module.run_dir)}"
+            ) from None
+        except SystemExit:
+            # Lightning's answer to a KeyboardInterrupt (a second Ctrl-C): stopped at once, nothing new saved.
+            raise TrainingInterrupted(
+                f"interrupted at once, without saving; {_kept(module.run_dir)}; continue with: {resume_command(module.run_dir)}"
+            ) from None
+
+        out = module.run_dir  # rank 0's folder, shared with every process in setup()
+        result = summary(module, time.perf_counter() - started)
+        result.update(run_folder=str(out), config=cfg.to_dict())
+        if trainer.is_global_zero:
+            with atomic_write(out / "metrics.json", "w") as fh:
+                json.dump(result, fh, indent=2)
+            if module.rows:
+                with atomic_write(out / "training.png") as fh:  # matplotlib writes PNG to a file object
+                    plot_training(module.rows, fh, feature_dim=module.model.out_dim, knn_init=module.knn_init)
+            save_atomic(module.model.backbone.state_dict(), out / "backbone.pt")
     return result
+
+
+def _kept(out: Path) -> str:
+    ckpt = out / "checkpoints" / "last.ckpt"
+    return f"the last complete checkpoint is kept: {ckpt}" if ckpt.exists() else "no checkpoint had been saved yet"
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c(module: SimSiamModule) -> Iterator[None]:
+    """While training, a first Ctrl-C asks the module to save and stop after the current step; a second stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers live in the main thread only; Ctrl-C keeps its plain meaning
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if module.stop_requested:
+            raise KeyboardInterrupt
+        module.stop_requested = True
+        if rank_zero_only.rank == 0:
+            print("\nCtrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again: stop at once, without saving)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)  # also undoes Lightning's SIG_IGN after a KeyboardInterrupt

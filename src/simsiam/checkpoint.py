@@ -1,0 +1,117 @@
+"""Checkpoints: written atomically through Lightning's CheckpointIO, read back with clear errors.
+
+Lightning writes checkpoints through a ``CheckpointIO`` plug-in; ours saves to a
+hidden temporary file beside the target and renames it into place (see
+:mod:`simsiam.atomic`), so ``last.ckpt`` is always a complete checkpoint: a
+kill during a save leaves the previous one, and a full disk raises
+:class:`CheckpointError` with the previous one still there.
+
+Reading goes through :func:`read_checkpoint`, which turns every way a file can
+be wrong (missing, truncated, not a checkpoint, a checkpoint of some other
+model) into one :class:`CheckpointError` that names the file.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from .atomic import atomic_write
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or read; the message names the file."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's TorchCheckpointIO with an atomic, fsync'ed write to local paths.
+
+    >>> import lightning as L
+    >>> trainer = L.Trainer(plugins=[AtomicCheckpointIO()], logger=False, enable_progress_bar=False)
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
+        if "://" in str(path):  # remote storage: fsspec's own transaction is the atomic write there
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        had_previous = path.exists()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_atomic(checkpoint, path)
+        except OSError as e:
+            kept = "the previous checkpoint there is kept" if had_previous else "no checkpoint was written"
+            raise CheckpointError(f"{path}: cannot save the checkpoint ({e.strerror or e}); {kept}") from e
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` through :func:`atomic_write`: the file is whole or absent.
+
+    Serialised in memory first, as Lightning's own save does: torch's zip writer
+    does not pass on a failed write to a file object (a full disk surfaces later
+    as "RuntimeError: unexpected pos"), while a plain write raises OSError(ENOSPC).
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_write(path) as fh:
+        fh.write(buffer.getbuffer())
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A simsiam training checkpoint as a dict (on the CPU), or CheckpointError saying what is wrong with the file.
+
+    Loads with ``weights_only=True``: a checkpoint is tensors and plain values, and
+    nothing in a file handed to us runs code.
+    """
+    from .config import ConfigError, TrainConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for damaged files
+        text = str(e)
+        if found := re.search(r"Unsupported global: GLOBAL (\S+)", text):
+            raise CheckpointError(f"{path}: not a simsiam checkpoint (it stores Python objects such as {found[1]}, not only tensors and values)") from None
+        if found := re.search(r"WeightsUnpickler error: \s*(.+)", text):
+            why = found[1]
+        else:
+            why = text.strip().split(". ")[0] if text.strip() else "the file ends too early"
+        size = path.stat().st_size
+        raise CheckpointError(f"{path}: the checkpoint is corrupt or truncated ({size} bytes; {type(e).__name__}: {why[:160]})") from None
+    config = state.get("hyper_parameters", {}).get("config") if isinstance(state, dict) else None
+    if not isinstance(config, dict) or not isinstance(state.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: not a simsiam checkpoint (no simsiam config and weights in it)")
+    try:
+        TrainConfig.from_dict(config)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: not a checkpoint of this simsiam version ({e})") from None
+    return state
+
+
+def check_weights_fit(path: str | Path, saved: dict[str, torch.Tensor], model_state: dict[str, torch.Tensor]) -> None:
+    """Raise CheckpointError unless the saved weights have exactly the model's names and shapes."""
+    missing = sorted(set(model_state) - set(saved))
+    unexpected = sorted(set(saved) - set(model_state))
+    wrong = [
+        f"{k} is {tuple(saved[k].shape)}, the model's is {tuple(model_state[k].shape)}"
+        for k in model_state
+        if k in saved and tuple(saved[k].shape) != tuple(model_state[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected weights (e.g. {unexpected[0]})")
+    if wrong:
+        problems.append(f"{len(wrong)} of another shape (e.g. {wrong[0]})")
+    if problems:
+        raise CheckpointError(f"{path}: the weights are from another model than its config describes: {'; '.join(problems)}")
+

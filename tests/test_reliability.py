@@ -1,0 +1,487 @@
+"""Faults: kills, Ctrl-C, a full disk, damaged checkpoints, a non-finite loss. Nothing may be lost.
+
+Every interrupted run here is resumed to the end and must give exactly the
+weights of one uninterrupted run with the same seed (CPU, one thread: bit for
+bit), with each epoch once in metrics.csv. The fault-injection test kills real
+``python -m simsiam train`` processes at random moments; SIMSIAM_FAULT_SEED
+picks other moments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import io
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import simsiam
+from simsiam import Augment, engine
+from simsiam.atomic import atomic_write, partial_path
+from simsiam.checkpoint import read_checkpoint
+from simsiam.cli import main
+
+EPOCHS = 4
+FLAGS = [
+    "--epochs", str(EPOCHS), "--batch-size", "8", "--backbone", "resnet10-slim", "--no-small-images",
+    "--proj-dim", "32", "--pred-hidden-dim", "8", "--accelerator", "cpu", "--seed", "3", "--quiet",
+]  # fmt: skip
+SRC = str(Path(simsiam.__file__).resolve().parents[1])
+REPORT: dict[str, list[str]] = {"faults": []}
+
+
+@contextlib.contextmanager
+def one_thread():
+    # Bit-for-bit comparisons need the same reduction order in every run: one thread,
+    # as the child processes get through OMP_NUM_THREADS=1.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """``simsiam train ...`` in this process: exit status, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with one_thread(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        # Warnings printed to stderr as the command prints them, not recorded by pytest.
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+            warnings.formatwarning(message, category, filename, lineno, line)
+        )
+        rc = main(["train", *args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """24 good 16 px images (one with a non-UTF-8 name) and one broken file, and a private image cache."""
+    root = tmp_path_factory.mktemp("reliability")
+    data = root / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(23):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(data / f"{i:02d}.png")
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(os.path.join(os.fsencode(data), b"\xe9t\xe9.png"))
+    (data / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIMSIAM_CACHE", str(root / "cache"))
+        yield SimpleNamespace(root=root, data=str(data))
+
+
+@pytest.fixture(scope="module")
+def reference(env):
+    """One uninterrupted run: what every interrupted and resumed run must reproduce."""
+    out = env.root / "reference"
+    rc, stdout, stderr = run_cli(env.data, *FLAGS, "--out", str(out))
+    assert rc == 0, stderr
+    return SimpleNamespace(out=out, stdout=stdout, stderr=stderr, weights=weights(out))
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(out / "checkpoints" / "last.ckpt")["state_dict"]
+
+
+def assert_same_weights(out: Path, reference) -> None:
+    got = weights(out)
+    assert got.keys() == reference.weights.keys()
+    different = [k for k in got if not torch.equal(got[k], reference.weights[k])]
+    assert not different, f"{len(different)} tensors differ from the uninterrupted run, e.g. {different[:3]}"
+    backbone = torch.load(out / "backbone.pt", weights_only=True)
+    assert all(torch.equal(v, got[f"model.backbone.{k}"]) for k, v in backbone.items())
+
+
+def epochs_in(out: Path) -> list[int]:
+    path = out / "metrics.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return [int(row["epoch"]) for row in csv.DictReader(fh)]
+
+
+def assert_consistent(out: Path) -> None:
+    """What any fault may leave: a loadable last.ckpt (or none), each epoch once, no torn file in sight."""
+    ckpt = out / "checkpoints" / "last.ckpt"
+    if ckpt.exists():
+        read_checkpoint(ckpt)  # raises on a torn file
+    epochs = epochs_in(out)
+    assert epochs == list(range(1, len(epochs) + 1)), epochs
+
+
+def no_partial_files(out: Path) -> bool:
+    return not list(out.rglob("*.partial"))
+
+
+# -- the uninterrupted run, and the warning about the broken file ------------------------------
+
+
+def test_reference_run_warns_once_and_leaves_a_complete_run_folder(reference):
+    warning_lines = [line for line in reference.stderr.splitlines() if "SkippedImagesWarning" in line]
+    assert len(warning_lines) == 1 and "skipped 1 of 25 files" in warning_lines[0] and "broken.jpg" in warning_lines[0]
+    assert "Traceback" not in reference.stderr
+    assert epochs_in(reference.out) == list(range(1, EPOCHS + 1))
+    names = {p.name for p in reference.out.iterdir()}
+    assert {"config.yaml", "metrics.csv", "metrics.json", "training.png", "backbone.pt", "checkpoints"} <= names
+    assert no_partial_files(reference.out)
+
+
+# -- SIGINT and SIGKILL of real processes at random moments ---------------------------------------
+
+
+def _start(env, out: Path) -> subprocess.Popen:
+    resume = ["--resume"] if (out / "config.yaml").exists() else []
+    child_env = dict(os.environ, PYTHONPATH=SRC, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "simsiam", "train", env.data, *FLAGS, "--out", str(out), *resume],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env,
+    )
+
+
+def _wait_for_line(proc: subprocess.Popen, prefix: str) -> list[str]:
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(prefix):
+            break
+    return lines
+
+
+def _kill_during_a_save(proc: subprocess.Popen, out: Path, timeout: float = 60) -> bool:
+    """SIGKILL the moment a checkpoint's temporary file exists, i.e. in the middle of writing it."""
+    partial = partial_path(out / "checkpoints" / "last.ckpt")
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if partial.exists():
+            proc.kill()
+            return True
+        time.sleep(0.0005)
+    return False
+
+
+def test_sigint_and_sigkill_at_random_moments_then_resume(env, reference, tmp_path):
+    rng = random.Random(int(os.environ.get("SIMSIAM_FAULT_SEED", "0")))
+    out = tmp_path / "run"
+    with open(reference.out / "metrics.csv", newline="") as fh:
+        training_seconds = sum(float(row["seconds"]) for row in csv.DictReader(fh))  # how long the window to hit is
+    for fault in ("sigint", "sigkill", "sigkill-during-save"):
+        proc = _start(env, out)
+        _wait_for_line(proc, "training:")  # the model is built and the run folder is being written
+        if fault == "sigint":
+            _wait_for_line(proc, "epoch 1/")
+            time.sleep(rng.uniform(0, training_seconds / 2))
+            proc.send_signal(signal.SIGINT)
+            stdout, stderr = proc.communicate(timeout=120)
+            if proc.returncode == 130:
+                last = stderr.strip().splitlines()[-1]
+                assert re.fullmatch(rf"simsiam train: interrupted .*; saved {re.escape(str(out))}/checkpoints/last\.ckpt; "
+                                    rf"continue with: simsiam train --resume --out {re.escape(str(out))}", last), last
+                note = last.split(": ", 1)[1].split(";")[0]
+            else:  # the signal came after the last step, maybe as the interpreter exited
+                assert proc.returncode in (0, -signal.SIGINT) and "done: " in stdout, (proc.returncode, stderr)
+                note = "finished before the signal"
+        elif fault == "sigkill-during-save":
+            caught = _kill_during_a_save(proc, out)
+            proc.communicate(timeout=120)
+            note = "killed while writing last.ckpt" if caught else "no save seen before the run ended"
+        else:
+            delay = rng.uniform(0, training_seconds)
+            time.sleep(delay)
+            proc.kill()
+            proc.communicate(timeout=120)
+            note = f"killed {delay:.2f} s after training began"
+        assert_consistent(out)
+        REPORT["faults"].append(f"{fault}: {note}; epochs in metrics.csv after it: {epochs_in(out)}")
+
+    rc, _, stderr = run_cli(env.data, *FLAGS, "--out", str(out), *(["--resume"] if (out / "config.yaml").exists() else []))
+    assert rc == 0, stderr
+    assert epochs_in(out) == list(range(1, EPOCHS + 1))
+    assert_same_weights(out, reference)
+    assert no_partial_files(out)
+    print(f"\nwindow: {training_seconds:.2f} s\n" + "\n".join(REPORT["faults"]))
+
+
+def test_ctrl_c_mid_epoch_saves_and_resume_is_exact(env, reference, tmp_path, monkeypatch):
+    """Deterministic companion of the random test: Ctrl-C in the middle of epoch 2, then --resume."""
+    out = tmp_path / "run"
+    step = engine.SimSiamModule.training_step
+
+    def press_ctrl_c_at_step_5(self, index, batch_idx):
+        if self.global_step == 4:  # the 5th step, the 2nd of epoch 2
+            os.kill(os.getpid(), signal.SIGINT)  # the real signal, through the real handler
+        return step(self, index, batch_idx)
+
+    monkeypatch.setattr(engine.SimSiamModule, "training_step", press_ctrl_c_at_step_5)
+    rc, _, stderr = run_cli(env.data, *FLAGS, "--out", str(out))
+    assert rc == 130
+    assert stderr.strip().splitlines()[-1] == (
+        f"simsiam train: interrupted in epoch 2/{EPOCHS} after step 5 (2 of its 3 steps done); "
+        f"saved {out}/checkpoints/last.ckpt; continue with: simsiam train --resume --out {out}"
+    )
+    assert read_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"] == 5
+    assert epochs_in(out) == [1]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # our handler is gone again
+    monkeypatch.setattr(engine.SimSiamModule, "training_step", step)
+
+    rc, stdout, stderr = run_cli(env.data, *FLAGS, "--out", str(out), "--resume")
+    assert rc == 0, stderr
+    assert f"resuming from {out}/checkpoints/last.ckpt (1 of {EPOCHS} epochs done)" in stdout
+    assert "Warning" not in stderr.replace("SkippedImagesWarning", ""), stderr  # e.g. Lightning's 'not resumable' one
+    assert epochs_in(out) == list(range(1, EPOCHS + 1))
+    assert_same_weights(out, reference)
+
+
+# -- a full disk, a non-finite loss: the previous checkpoint stays, the run continues -------------
+
+
+class _FullDisk:
+    """A file whose writes fail with ENOSPC once ``room`` bytes are in, as on a disk that fills up."""
+
+    def __init__(self, f, room: int):
+        self._f, self._room = f, room
+
+    def write(self, data) -> int:
+        data = memoryview(data).cast("B")
+        if len(data) > self._room:
+            self._f.write(data[: self._room])
+            self._room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._f.__exit__(*exc)
+
+
+def _full_disk_then_resume(env, reference, out: Path, resume_in: Path) -> None:
+    rc, _, stderr = run_cli(env.data, *FLAGS, "--out", str(out))
+    ckpt = out / "checkpoints" / "last.ckpt"
+    assert rc == 2
+    assert stderr.strip().splitlines()[-1] == (
+        f"simsiam train: error: {ckpt}: cannot save the checkpoint (No space left on device); the previous checkpoint "
+        f"there is kept; once that is fixed, continue with: simsiam train --resume --out {out}"
+    )
+    assert read_checkpoint(ckpt)["global_step"] == 3  # epoch 1's, whole
+    assert no_partial_files(out)
+    if resume_in != out:  # "once that is fixed": here, the run folder moves to a disk with room
+        shutil.copytree(out, resume_in)
+    rc, _, stderr = run_cli(env.data, *FLAGS, "--out", str(resume_in), "--resume")
+    assert rc == 0, stderr
+    assert epochs_in(resume_in) == list(range(1, EPOCHS + 1))
+    assert_same_weights(resume_in, reference)
+
+
+def test_full_disk_during_a_save_keeps_the_previous_checkpoint(env, reference, tmp_path, monkeypatch):
+    """ENOSPC at the write itself: the second checkpoint gets 1 kB onto the disk, then the disk is full."""
+    import simsiam.atomic
+
+    opened = []
+
+    def open_on_a_filling_disk(path, mode="r", **kwargs):
+        f = open(path, mode, **kwargs)
+        if Path(path).name == partial_path("last.ckpt").name:
+            opened.append(path)
+            if len(opened) == 2:  # the resume's saves find room again
+                return _FullDisk(f, room=1024)
+        return f
+
+    monkeypatch.setattr(simsiam.atomic, "open", open_on_a_filling_disk, raising=False)
+    _full_disk_then_resume(env, reference, tmp_path / "run", resume_in=tmp_path / "run")
+
+
+def test_a_really_full_filesystem(env, reference, tmp_path):
+    """The same on a real filesystem with room for one checkpoint: a tmpfs, where mounting one is allowed."""
+    ckpt_bytes = (reference.out / "checkpoints" / "last.ckpt").stat().st_size
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    size = int(1.6 * ckpt_bytes)  # one checkpoint and the small files fit; a second copy beside it does not
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root with CAP_SYS_ADMIN; the simulated ENOSPC test covers the rest")
+    try:
+        _full_disk_then_resume(env, reference, disk / "run", resume_in=tmp_path / "moved")
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(env, reference, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real_loss = engine.simsiam_loss
+    calls = []
+
+    def loss_that_blows_up_at_step_7(*args, **kwargs):
+        calls.append(1)
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 7 else loss
+
+    monkeypatch.setattr(engine, "simsiam_loss", loss_that_blows_up_at_step_7)
+    rc, _, stderr = run_cli(env.data, *FLAGS, "--out", str(out))
+    monkeypatch.setattr(engine, "simsiam_loss", real_loss)
+    ckpt = out / "checkpoints" / "last.ckpt"
+    assert rc == 2
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("simsiam train: error: the loss became nan at step 7, epoch 3; lower the learning rate (--lr, now ")
+    assert line.endswith(f"; the last complete checkpoint is kept: {ckpt}")
+    state = read_checkpoint(ckpt)
+    assert state["global_step"] == 6 and all(torch.isfinite(v.float()).all() for v in state["state_dict"].values())
+    assert epochs_in(out) == [1, 2]
+
+    rc, _, stderr = run_cli(env.data, *FLAGS, "--out", str(out), "--resume")  # the blow-up was a fluke: continue
+    assert rc == 0, stderr
+    assert_same_weights(out, reference)
+
+
+# -- damaged and foreign checkpoints, and other-model options on --resume -------------------------
+
+
+def _corrupt(kind: str, ckpt: Path) -> None:
+    if kind == "truncated":
+        blob = ckpt.read_bytes()
+        ckpt.write_bytes(blob[: len(blob) // 2])
+    elif kind == "zero bytes":
+        ckpt.write_bytes(b"")
+    elif kind == "garbage":
+        ckpt.write_bytes(os.urandom(4096))
+    elif kind == "foreign weights":
+        torch.save({"conv.weight": torch.zeros(3)}, ckpt)
+    elif kind == "pickled object":
+        torch.save({"state_dict": {}, "hyper_parameters": {"config": {}}, "extra": SimpleNamespace(a=1)}, ckpt)
+    elif kind == "weights of another model":
+        state = torch.load(ckpt, weights_only=True)
+        state["hyper_parameters"]["config"]["model"]["backbone"] = "resnet18"
+        torch.save(state, ckpt)
+
+
+DAMAGE = {
+    "truncated": "the checkpoint is corrupt or truncated",
+    "zero bytes": "the checkpoint is corrupt or truncated (0 bytes",
+    "garbage": "the checkpoint is corrupt or truncated",
+    "foreign weights": "not a simsiam checkpoint (no simsiam config and weights in it)",
+    "pickled object": "not a simsiam checkpoint (it stores Python objects",
+    "weights of another model": "the weights are from another model than its config describes",
+}
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_damaged_checkpoint_is_one_line_and_nothing_changes(kind, env, reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference.out, out)
+    ckpt = out / "checkpoints" / "last.ckpt"
+    _corrupt(kind, ckpt)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    rc, _, stderr = run_cli("--out", str(out), "--resume")  # the command an interrupted run prints
+    lines = stderr.strip().splitlines()
+    assert rc == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"simsiam train: error: {ckpt}: ") and DAMAGE[kind] in lines[0], lines[0]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+@pytest.mark.parametrize(
+    "option, expected",
+    [
+        (["--backbone", "resnet18"], "--backbone: the checkpoint is of another model: the run in {out} has model.backbone = 'resnet10-slim'"),
+        (["--proj-dim", "64"], "--proj-dim: the checkpoint is of another model: the run in {out} has model.proj_dim = 32"),
+        (["--batch-size", "4"], "--batch-size: the run in {out} has batch_size = 8, not 4; --resume continues a run with its own settings"),
+    ],
+)
+def test_resume_with_options_of_another_model_is_refused(option, expected, env, reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference.out, out)
+    rc, _, stderr = run_cli(env.data, *FLAGS, *option, "--out", str(out), "--resume")
+    lines = stderr.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and expected.format(out=out) in lines[0], lines
+
+
+def test_resume_with_nothing_to_resume_is_one_line(env, tmp_path):
+    rc, _, stderr = run_cli(env.data, *FLAGS, "--out", str(tmp_path / "nothing"), "--resume")
+    assert rc == 2 and stderr.strip() == f"simsiam train: error: --resume: {tmp_path / 'nothing'} holds no checkpoints/last.ckpt to resume from"
+
+
+# -- atomic files ---------------------------------------------------------------------------------
+
+
+def test_atomic_write_keeps_the_old_file_on_any_failure(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), atomic_write(path, "w") as fh:
+        fh.write("half of the new")
+        raise RuntimeError("killed")
+    assert path.read_text() == "old" and not partial_path(path).exists()
+    with pytest.raises(OSError, match=re.escape(f"No space left on device: '{path}'")), atomic_write(path, "w") as fh:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(partial_path(path)))
+    assert path.read_text() == "old" and not partial_path(path).exists()
+
+
+# -- fuzz: Augment with random parameters and inputs ------------------------------------------------
+
+AUGMENT_CASES = [0]
+MEAN = torch.tensor(simsiam.augment.IMAGENET_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(simsiam.augment.IMAGENET_STD).view(1, 3, 1, 1)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    size=st.integers(1, 24),
+    batch=st.integers(1, 4),
+    height=st.integers(1, 40),
+    width=st.integers(1, 40),
+    uint8=st.booleans(),
+    scale=st.tuples(st.floats(0.01, 1.0), st.floats(0.01, 1.0)).map(sorted),
+    ratio=st.tuples(st.floats(0.1, 10.0), st.floats(0.1, 10.0)).map(sorted),
+    probabilities=st.lists(st.floats(0.0, 1.0), min_size=7, max_size=7),
+    strengths=st.lists(st.floats(0.0, 2.0), min_size=3, max_size=3),
+    hue=st.floats(0.0, 0.5),
+    sigma=st.tuples(st.floats(0.01, 5.0), st.floats(0.01, 5.0)).map(sorted),
+    rotate=st.sampled_from(["none", "90", "free"]),
+    seed=st.integers(0, 2**16),
+)
+def test_fuzz_augment_gives_finite_views_in_range(size, batch, height, width, uint8, scale, ratio, probabilities, strengths, hue, sigma, rotate, seed):
+    AUGMENT_CASES[0] += 1
+    hflip, vflip, jitter, gray, blur, solarize, _ = probabilities
+    aug = Augment(
+        size=size, min_scale=scale[0], max_scale=scale[1], ratio=tuple(ratio), hflip_p=hflip, vflip_p=vflip, rotate=rotate,
+        jitter_p=jitter, brightness=strengths[0], contrast=strengths[1], saturation=strengths[2], hue=hue,
+        grayscale_p=gray, blur_p=blur, blur_sigma=tuple(sigma), solarize_p=solarize, seed=seed,
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(seed)
+    if uint8:
+        images = torch.randint(0, 256, (batch, 3, height, width), generator=g, dtype=torch.uint8)
+    else:
+        images = torch.rand(batch, 3, height, width, generator=g)
+    with one_thread():
+        views = aug(images)
+    assert views.shape == (batch, 3, size, size) and views.dtype == torch.float32
+    assert torch.isfinite(views).all()
+    pixels = views * STD + MEAN  # back to [0, 1]
+    assert pixels.min() >= -1e-4 and pixels.max() <= 1 + 1e-4, (pixels.min(), pixels.max())
+
+
+def test_fuzz_case_count_report():
+    """Not a check: how many Augment cases ran (pytest -s shows it)."""
+    print(f"\nAugment fuzz: {AUGMENT_CASES[0]} random parameter sets and inputs")
