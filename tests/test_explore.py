@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from simsiam.config import ConfigError
 from simsiam.data import ImageSet
 from simsiam.explore import grid_thumbnails, nearest_neighbors, project_2d, read_embeddings, write_embeddings
 
@@ -71,5 +72,5 @@ def test_map_falls_back_to_pca_without_umap(monkeypatch):
     means = np.stack([coords[i * 10 : (i + 1) * 10].mean(axis=0) for i in range(3)])
     nearest = np.linalg.norm(coords[:, None] - means[None], axis=2).argmin(axis=1)
     assert nearest.tolist() == [i for i in range(3) for _ in range(10)]
-    with pytest.raises(ImportError):
+    with pytest.raises(ConfigError, match="umap-learn"):
         project_2d(feats, "umap")

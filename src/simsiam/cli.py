@@ -338,10 +338,13 @@ def _neighbors(args: argparse.Namespace) -> int:
             except Exception as e:  # Pillow raises many types for files that are not images
                 raise data.DataError(f"--query: {q}: cannot decode image ({type(e).__name__}: {e})") from None
         query_images = torch.stack(decoded)  # (Q, 3, S, S) uint8
-        from .evaluate import extract_features
+        from .evaluate import features_of
 
-        query_feats = extract_features(model, query_images, device=feats.device)  # (Q, D)
-        names, labels, exclude = [str(q).rsplit("/", 1)[-1] for q in args.query], [None] * len(args.query), None
+        query_feats, _ = features_of(model, query_images, feats.device)  # (Q, D)
+        # A query that is itself one of DATA's files is not its own neighbour.
+        where = {str(Path(p).resolve()): i for i, p in enumerate(bank.paths)}
+        exclude = torch.tensor([where.get(str(Path(q).resolve()), -1) for q in args.query])
+        names, labels = ["/".join(Path(q).parts[-2:]) for q in args.query], [None] * len(args.query)
     else:
         g = torch.Generator().manual_seed(args.seed)
         picks = torch.randperm(len(bank), generator=g)[: args.num_queries]
@@ -350,6 +353,8 @@ def _neighbors(args: argparse.Namespace) -> int:
         names = [bank.classes[lab] if lab is not None else bank.paths[i].rsplit("/", 1)[-1] for lab, i in zip(labels, picks.tolist())]
     sims, idx = nearest_neighbors(query_feats, feats, k=args.k, exclude=exclude)  # (Q, k) each
     title = f"Nearest neighbours in {_name(bank.source)} by cosine similarity of backbone features ({cfg.model.backbone}, {file.name})"
+    if bank.labels is not None and any(lab is not None for lab in labels):
+        title += "\ngreen: same class as the query, red: another class"
     plot_neighbors(query_images, names, labels, bank, sims.cpu(), idx.cpu(), out, title)
     agree = ""
     if bank.labels is not None and all(lab is not None for lab in labels):
@@ -363,31 +368,25 @@ def _map(args: argparse.Namespace) -> int:
     import torch
 
     from . import data
-    from .explore import plot_map, project_2d
+    from .explore import map_method, plot_map, project_2d
 
     _at_least(args.grid, 2, "--grid")
     _at_least(args.max_images, 2, "--max-images")
     _at_least(args.batch_size, 1, "--batch-size")
+    method = map_method(args.method)
+    if method == "PCA" and args.method == "auto":
+        print("umap-learn is not installed: the map uses PCA (pip install 'simsiam[umap]' for UMAP)")
     model, cfg, file = _load_trained(args)
     out = _output(args, file, "map.png", FIGURE_EXTENSIONS)
     images = data.load(args.data, cfg.image_size, progress=not args.quiet)
     if len(images) > args.max_images:
-        g = torch.Generator().manual_seed(args.seed)
-        images = images.subset(torch.randperm(len(images), generator=g)[: args.max_images].sort().values)
-        print(f"mapping a random {args.max_images} of the images (--max-images)")
+        total, g = len(images), torch.Generator().manual_seed(args.seed)
+        images = images.subset(torch.randperm(total, generator=g)[: args.max_images].sort().values)
+        print(f"mapping a random {args.max_images} of the {total} images (--max-images)")
     feats = _features(args, model, file, images)  # (N, D)
-    if args.method == "umap":
-        try:
-            import umap  # noqa: F401
-        except ImportError:
-            from .config import ConfigError
-
-            raise ConfigError("--method umap: umap-learn is not installed (pip install 'simsiam[umap]'), or use --method pca") from None
-    if args.method == "auto" and not args.quiet:
-        print("projecting to 2-D ...")
-    coords, method = project_2d(feats, args.method, seed=args.seed)  # (N, 2)
-    if args.method == "auto" and method == "PCA":
-        print("umap-learn is not installed: the map uses PCA (pip install 'simsiam[umap]' for UMAP)")
+    if not args.quiet:
+        print(f"projecting {len(images)} embeddings to 2-D with {method}" + (" (a minute or more on a CPU)" if method == "UMAP" and len(images) > 2000 else ""))
+    coords, method = project_2d(feats, method.lower(), seed=args.seed)  # (N, 2)
     title = f"{method} map of the backbone embeddings of {_name(images.source)} ({cfg.model.backbone}, {file.name})"
     shown = plot_map(coords, images, method, out, grid=args.grid, title=title)
     print(f"wrote {out}: {method} projection of {len(images)} embeddings, {shown} thumbnails")

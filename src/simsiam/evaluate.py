@@ -198,9 +198,27 @@ def linear_probe(
     steps_per_epoch = math.ceil(n / batch_size)
     total = steps_per_epoch * epochs
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+    # A step here is a (b, D) x (D, C) product: too small to split between CPU threads,
+    # and on a busy machine a second thread makes every one of the many steps wait
+    # (measured: 20x slower on two shared cores).
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        _train_probe(head, optimizer, schedule, x_train, y_train, epochs, batch_size, g)
+    finally:
+        torch.set_num_threads(threads)
+    with torch.no_grad():
+        test_top1 = (head(x_test).argmax(dim=1).cpu() == test_labels.cpu()).float().mean().item()
+        train_top1 = (head(x_train).argmax(dim=1) == y_train).float().mean().item()
+    return {"top1": test_top1, "train_top1": train_top1}
+
+
+def _train_probe(head, optimizer, schedule, x_train, y_train, epochs: int, batch_size: int, g: torch.Generator) -> None:
+    n = x_train.shape[0]
     with torch.enable_grad():
         for _ in range(epochs):
-            order = torch.randperm(n, generator=g).to(device)
+            order = torch.randperm(n, generator=g).to(x_train.device)
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
                 loss = F.cross_entropy(head(x_train[idx]), y_train[idx])  # logits (b, C)
@@ -208,10 +226,6 @@ def linear_probe(
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-    with torch.no_grad():
-        test_top1 = (head(x_test).argmax(dim=1).cpu() == test_labels.cpu()).float().mean().item()
-        train_top1 = (head(x_train).argmax(dim=1) == y_train).float().mean().item()
-    return {"top1": test_top1, "train_top1": train_top1}
 
 
 # -- features of a whole image set, extracted once -------------------------------------------

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .config import ConfigError  # noqa: E402
 from .data import ImageSet  # noqa: E402
 
 
@@ -166,7 +167,7 @@ def plot_neighbors(
     query's class and red when it does not.
     """
     n_rows, k = idx.shape
-    fig, axes = plt.subplots(n_rows, k + 1, figsize=(1.45 * (k + 1) + 0.3, 1.75 * n_rows + 0.7), squeeze=False)
+    fig, axes = plt.subplots(n_rows, k + 1, figsize=(1.45 * (k + 1) + 0.3, 1.8 * n_rows + 0.8), squeeze=False, layout="constrained")
     for r in range(n_rows):
         ax = axes[r, 0]
         _show(ax, query_images[r])
@@ -188,7 +189,6 @@ def plot_neighbors(
             ax.set_title(f"{name}\ncos {s:.3f}", fontsize=8, color=color)
             _frame(ax, color if q is not None else "0.6", 2 if q is not None else 1)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.97 if n_rows > 2 else 0.93))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -200,34 +200,41 @@ def _short(text: str, width: int = 14) -> str:
 # -- the 2-D map ---------------------------------------------------------------------------
 
 
+def map_method(method: str = "auto") -> str:
+    """"UMAP" or "PCA": what ``method`` (auto, umap, pca) means here; auto is UMAP when umap-learn imports."""
+    if method not in ("auto", "umap", "pca"):
+        raise ConfigError(f"--method: unknown map method {method!r}; choose auto, umap or pca")
+    if method == "pca":
+        return "PCA"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numba and sklearn deprecation chatter on import
+            import umap  # noqa: F401
+    except ImportError:
+        if method == "umap":
+            raise ConfigError("--method umap: umap-learn is not installed (pip install 'simsiam[umap]'); or use --method pca") from None
+        return "PCA"
+    return "UMAP"
+
+
 def project_2d(features: torch.Tensor, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
-    """2-D coordinates (N, 2) of l2-normalised features and the name of the method used.
+    """2-D coordinates (N, 2) of l2-normalised features and the name of the method used ("UMAP" or "PCA").
 
     ``method``: "umap" (umap-learn, cosine metric), "pca" (torch.pca_lowrank) or
-    "auto" (UMAP when umap-learn is installed, else PCA).
+    "auto" (UMAP when umap-learn is installed, else PCA). UMAP needs more than a
+    handful of points; below that PCA is used.
     """
     x = F.normalize(features.float().cpu(), dim=1)  # (N, D)
-    if method not in ("auto", "umap", "pca"):
-        raise ValueError(f"unknown map method {method!r}; choose auto, umap or pca")
-    if method in ("auto", "umap"):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # numba and sklearn deprecation chatter on import
-                import umap
-        except ImportError:
-            if method == "umap":
-                raise
-            umap = None
-        if umap is not None and x.shape[0] > 3:
-            neighbors = max(2, min(15, x.shape[0] - 1))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "n_jobs overridden by random_state", tiny-set spectral warnings
-                reducer = umap.UMAP(n_components=2, n_neighbors=neighbors, metric="cosine", random_state=seed)
-                coords = reducer.fit_transform(x.numpy())
-            return np.asarray(coords, dtype=np.float64), "UMAP"
+    if map_method(method) == "UMAP" and x.shape[0] > 3:
+        import umap
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "n_jobs overridden by random_state", tiny-set spectral warnings
+            reducer = umap.UMAP(n_components=2, n_neighbors=max(2, min(15, x.shape[0] - 1)), metric="cosine", random_state=seed)
+            coords = reducer.fit_transform(x.numpy())  # (N, 2)
+        return np.asarray(coords, dtype=np.float64), "UMAP"
     centred = x - x.mean(dim=0)
-    q = min(2, *centred.shape)
-    _, s, v = torch.pca_lowrank(centred, q=q, center=False, niter=4)
+    _, _, v = torch.pca_lowrank(centred, q=min(2, *centred.shape), center=False, niter=4)
     coords = (centred @ v[:, :2]).numpy().astype(np.float64)  # (N, <=2)
     if coords.shape[1] < 2:
         coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
@@ -280,36 +287,41 @@ def plot_map(
     labeled = images.labels is not None
     colors = class_colors(len(images.classes)) if labeled else []
     chosen, centres, (x0, x1, y0, y1) = grid_thumbnails(coords, grid)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(16, 8.6), constrained_layout=True)
-    point_size = float(np.clip(3000 / max(len(coords), 1), 2, 30))
+    # Two square panels placed by hand (inches: 16 x 9 figure, 6.7 x 6.7 panels): a
+    # layout engine would fight the square boxes that keep the thumbnails square.
+    fig = plt.figure(figsize=(16, 9))
+    side_w, side_h = 6.7 / 16, 6.7 / 9
+    left = fig.add_axes((0.05, 0.13, side_w, side_h))
+    right = fig.add_axes((0.55, 0.13, side_w, side_h))
+    point_size = float(np.clip(20000 / max(len(coords), 1), 3, 40))
     if labeled:
         labels = images.labels.cpu().numpy()
         for c, name in enumerate(images.classes):
             mask = labels == c
-            left.scatter(coords[mask, 0], coords[mask, 1], s=point_size, color=colors[c], label=name, alpha=0.7, linewidths=0)
+            left.scatter(coords[mask, 0], coords[mask, 1], s=point_size, color=colors[c], label=name, alpha=0.75, linewidths=0)
     else:
         left.scatter(coords[:, 0], coords[:, 1], s=point_size, color="tab:blue", alpha=0.6, linewidths=0)
-    left.set_title(f"{len(coords)} images" + (", coloured by class" if labeled else " (no labels)"), fontsize=11)
+    left.set_title(f"all {len(coords)} images" + (", coloured by class" if labeled else " (no labels)"), fontsize=11)
     w, h = (x1 - x0) / grid, (y1 - y0) / grid
-    pad = 0.06
+    pad = 0.06  # of a cell, on each side: thumbnails never touch
     for i, (cx, cy) in zip(chosen, centres):
         extent = (cx - w * (0.5 - pad), cx + w * (0.5 - pad), cy - h * (0.5 - pad), cy + h * (0.5 - pad))
         right.imshow(images.images[i].permute(1, 2, 0).cpu().numpy(), extent=extent, interpolation="antialiased", zorder=2)
         if labeled:
-            color = colors[int(images.labels[i])]
-            right.add_patch(plt.Rectangle((extent[0], extent[2]), extent[1] - extent[0], extent[3] - extent[2], fill=False, edgecolor=color, linewidth=2.2, zorder=3))
-    right.set_title(f"{len(chosen)} thumbnails, at most one per cell of a {grid}x{grid} grid (the image nearest each cell's centre)", fontsize=11)
+            frame = plt.Rectangle((extent[0], extent[2]), extent[1] - extent[0], extent[3] - extent[2], fill=False, zorder=3)
+            frame.set(edgecolor=colors[int(images.labels[i])], linewidth=2.0)
+            right.add_patch(frame)
+    right.set_title(f"{len(chosen)} thumbnails: one per cell of a {grid} x {grid} grid, the image nearest its centre", fontsize=11)
     axis = "UMAP" if method == "UMAP" else "PC"
     for ax in (left, right):
-        ax.set_xlim(x0, x1)
-        ax.set_ylim(y0, y1)
-        ax.set_aspect("auto")
-        ax.set_box_aspect(1)
-        ax.set_xlabel(f"{axis} 1")
-        ax.set_ylabel(f"{axis} 2")
+        ax.set(xlim=(x0, x1), ylim=(y0, y1), xlabel=f"{axis} 1", ylabel=f"{axis} 2")
+        ax.set_aspect("auto")  # imshow asks for 'equal'; square cells come from the square panel instead
     if labeled and len(images.classes) <= 30:
-        left.legend(loc="upper left", bbox_to_anchor=(0, -0.07), ncol=min(len(images.classes), 10), fontsize=9, markerscale=max(1.0, 6 / math.sqrt(point_size)), frameon=False)
-    fig.suptitle(title, fontsize=13)
+        handles = [plt.Line2D([], [], marker="s", ls="", markersize=9, color=colors[c], label=n) for c, n in enumerate(images.classes)]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(images.classes), 10), fontsize=10, frameon=False, bbox_to_anchor=(0.5, 0.0))
+    elif labeled:
+        left.set_title(f"all {len(coords)} images, coloured by class ({len(images.classes)} classes, too many for a legend)", fontsize=11)
+    fig.suptitle(title, fontsize=13, y=0.965)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return len(chosen)

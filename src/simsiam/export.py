@@ -35,9 +35,9 @@ def loading_code(cfg: TrainConfig, file: str | Path, width: int = 64) -> list[st
     name = cfg.model.backbone
     if name == "resnet10-slim":
         # Not a torchvision constructor: the same ResNet class with narrower stages.
-        lines = [f"net, _ = simsiam.model.build_backbone('resnet10-slim', small_images={bool(cfg.model.small_images)})"]
+        lines = ["import torch, simsiam", f"net, _ = simsiam.model.build_backbone('resnet10-slim', small_images={bool(cfg.model.small_images)})"]
     else:
-        lines = [f"net = torchvision.models.{name}(weights=None)", "net.fc = torch.nn.Identity()"]
+        lines = ["import torch, torchvision", f"net = torchvision.models.{name}(weights=None)", "net.fc = torch.nn.Identity()"]
         if cfg.model.small_images:
             lines.append(small_stem_line(width) + "  # small-image stem: 3x3 stride-1 conv1, no max-pool")
     lines.append(f"net.load_state_dict(torch.load({str(file)!r}))")
