@@ -245,6 +245,7 @@ def _device(accelerator: str) -> Any:
 def _load_trained(args: argparse.Namespace) -> tuple[Any, Any, Path]:
     from .checkpoint import load_checkpoint, resolve_checkpoint
 
+    _device(getattr(args, "accelerator", "cpu"))  # --accelerator gpu without a GPU fails before any work
     file = resolve_checkpoint(args.checkpoint)
     model, cfg = load_checkpoint(file)
     return model, cfg, file

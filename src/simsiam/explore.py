@@ -307,10 +307,12 @@ def plot_map(
     for i, (cx, cy) in zip(chosen, centres):
         extent = (cx - w * (0.5 - pad), cx + w * (0.5 - pad), cy - h * (0.5 - pad), cy + h * (0.5 - pad))
         right.imshow(images.images[i].permute(1, 2, 0).cpu().numpy(), extent=extent, interpolation="antialiased", zorder=2)
+        frame = plt.Rectangle((extent[0], extent[2]), extent[1] - extent[0], extent[3] - extent[2], fill=False, zorder=3)
         if labeled:
-            frame = plt.Rectangle((extent[0], extent[2]), extent[1] - extent[0], extent[3] - extent[2], fill=False, zorder=3)
             frame.set(edgecolor=colors[int(images.labels[i])], linewidth=2.0)
-            right.add_patch(frame)
+        else:  # a thin frame keeps pale images apart from the white background
+            frame.set(edgecolor="0.55", linewidth=0.8)
+        right.add_patch(frame)
     right.set_title(f"{len(chosen)} thumbnails: one per cell of a {grid} x {grid} grid, the image nearest its centre", fontsize=11)
     axis = "UMAP" if method == "UMAP" else "PC"
     for ax in (left, right):
