@@ -8,7 +8,15 @@ kill during a save leaves the previous one, and a full disk raises
 
 Reading goes through :func:`read_checkpoint`, which turns every way a file can
 be wrong (missing, truncated, not a checkpoint, a checkpoint of some other
-model) into one :class:`CheckpointError` that names the file.
+model) into one :class:`CheckpointError` that names the file, and
+:func:`load_checkpoint` rebuilds the trained SimSiam from it: the one way
+evaluation, exploration and export get a model. A run folder stands for its
+``checkpoints/last.ckpt``, the final epoch, the figure the evaluation
+conventions report.
+
+>>> from simsiam.checkpoint import load_checkpoint
+>>> model, cfg = load_checkpoint("runs/demo")  # doctest: +SKIP
+>>> feats = model.features(images)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -88,7 +96,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: the checkpoint is corrupt or truncated ({size} bytes; {type(e).__name__}: {why[:160]})") from None
     config = state.get("hyper_parameters", {}).get("config") if isinstance(state, dict) else None
     if not isinstance(config, dict) or not isinstance(state.get("state_dict"), dict):
-        raise CheckpointError(f"{path}: not a simsiam checkpoint (no simsiam config and weights in it)")
+        hint = " (backbone.pt holds backbone weights only; pass the run folder)" if _looks_like_backbone(state) else ""
+        raise CheckpointError(f"{path}: not a simsiam checkpoint (no simsiam config and weights in it){hint}")
     try:
         TrainConfig.from_dict(config)
     except ConfigError as e:
@@ -115,3 +124,42 @@ def check_weights_fit(path: str | Path, saved: dict[str, torch.Tensor], model_st
     if problems:
         raise CheckpointError(f"{path}: the weights are from another model than its config describes: {'; '.join(problems)}")
 
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file that ``path`` stands for: the file itself, or a run folder's checkpoints/last.ckpt."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "last.ckpt", path / "last.ckpt"):
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(f"{path}: a folder without checkpoints/last.ckpt; pass a run folder of `simsiam train` or a .ckpt file")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file or run folder")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
+    """The trained SimSiam (eval mode) and its resolved TrainConfig, from a checkpoint file or a run folder."""
+    from .config import TrainConfig
+    from .engine import build_model
+
+    file = resolve_checkpoint(path)
+    state = read_checkpoint(file)
+    cfg = TrainConfig.from_dict(state["hyper_parameters"]["config"])
+    if cfg.model.small_images is None or cfg.model.proj_layers is None:
+        raise CheckpointError(f"{file}: its training config is not resolved (model.small_images, model.proj_layers unset)")
+    model = build_model(cfg)
+    weights = {k[len("model.") :]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    check_weights_fit(file, weights, model.state_dict())
+    model.load_state_dict(weights, strict=True)
+    return model.to(map_location).eval(), cfg
+
+
+def run_folder_of(checkpoint: Path) -> Path:
+    """The run folder a checkpoint file belongs to (its checkpoints/ folder's parent), else the file's folder."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def _looks_like_backbone(state: Any) -> bool:
+    return isinstance(state, dict) and any(isinstance(k, str) and k.startswith(("conv1.", "layer1.")) for k in state)

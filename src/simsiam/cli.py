@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 # Flags of `simsiam train`: flag -> (config key, argparse options). Dotted keys are
@@ -115,10 +116,321 @@ def _print_result(result: dict[str, Any]) -> None:
     print(f"loss {result['final_loss']:.4f}, z_std {result['final_z_std']:.4f}, {result['mean_images_per_s']:.0f} images/s on average")
 
 
+# -- evaluate, embed, neighbors, map, export: commands that read a checkpoint -----------------
+#
+# Each loads the trained SimSiam through checkpoint.load_checkpoint, decodes DATA
+# at the training resolution, and takes features from SimSiam.features (through
+# evaluate.features_of, which extracts them once and can cache them).
+
+EVAL_EXTENSIONS = (".json",)
+EMBED_EXTENSIONS = (".parquet", ".npz")
+FIGURE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+
+
+def _add_checkpoint_arguments(p: argparse.ArgumentParser, data: bool = True) -> None:
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder of `simsiam train` (its checkpoints/last.ckpt) or a .ckpt file")
+    if data:
+        p.add_argument("data", nargs="?", metavar="DATA", help="image folder, or CIFAR-10 python batches (default: the bundled demo set)")
+    p.add_argument("--batch-size", type=int, default=512, help="images per forward pass when extracting features (default: 512)")
+    p.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], default="auto", help="where features are extracted (default: the GPU when there is one)")
+    p.add_argument("--cache-features", action="store_true", help="keep the extracted features under $SIMSIAM_CACHE/features and reuse them")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="kNN and linear-probe accuracy of a trained encoder",
+        description="kNN top-1 (l2-normalised features, cosine, similarity-weighted votes) and, with --linear, the top-1 "
+        "of a linear probe on the frozen backbone. Both DATA sets need one subfolder per class.",
+    )
+    _add_checkpoint_arguments(p, data=False)
+    p.add_argument("--train", required=True, metavar="DATA", help="labeled images the classifiers learn from")
+    p.add_argument("--test", required=True, metavar="DATA", help="labeled images they are scored on")
+    p.add_argument("--knn-k", type=int, default=200, help="neighbours that vote (default: 200)")
+    p.add_argument("--knn-temperature", type=float, default=0.1, help="vote weight exp(similarity / T) (default: 0.1)")
+    p.add_argument("--linear", action="store_true", help="also train and score a linear probe on the frozen features")
+    p.add_argument("--linear-epochs", type=int, default=100, help="epochs of the linear probe (default: 100)")
+    p.add_argument("--linear-lr", type=float, default=0.1, help="initial lr of the probe's SGD, decayed by a cosine (default: 0.1)")
+    p.add_argument("--out", metavar="FILE.json", help="where the figures go (default: evaluation.json in the run folder)")
+    p.set_defaults(handler=_evaluate)
+
+
+def _add_embed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "embed",
+        help="write every image's embedding to a Parquet or .npz file",
+        description="One row per image of DATA: its path, its label and class when DATA has class subfolders, and its "
+        "backbone embedding (the features kNN and the linear probe use; not l2-normalised).",
+    )
+    _add_checkpoint_arguments(p)
+    p.add_argument("--out", metavar="FILE", help=".parquet or .npz (default: embeddings.parquet in the run folder)")
+    p.set_defaults(handler=_embed)
+
+
+def _add_neighbors(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "neighbors",
+        help="a grid of query images and their nearest neighbours in DATA",
+        description="For each query, the image and its nearest neighbours in DATA by cosine similarity of l2-normalised "
+        "backbone features. Queries are --query files, or random images of DATA.",
+    )
+    _add_checkpoint_arguments(p)
+    p.add_argument("--query", nargs="+", metavar="IMAGE", help="query image files (default: --num-queries random images of DATA)")
+    p.add_argument("--num-queries", type=int, default=6, help="random queries drawn from DATA when no --query is given (default: 6)")
+    p.add_argument("--k", type=int, default=8, help="neighbours shown per query (default: 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random queries")
+    p.add_argument("--out", metavar="FILE.png", help="the figure (default: neighbors.png in the run folder)")
+    p.set_defaults(handler=_neighbors)
+
+
+def _add_map(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "map",
+        help="a 2-D map of the embeddings with image thumbnails",
+        description="Projects the l2-normalised embeddings of DATA to 2-D (UMAP when umap-learn is installed, else PCA) "
+        "and draws every image as a point coloured by class, beside a lattice of non-overlapping thumbnails.",
+    )
+    _add_checkpoint_arguments(p)
+    p.add_argument("--method", choices=["auto", "umap", "pca"], default="auto", help="projection (default: umap if installed, else pca)")
+    p.add_argument("--grid", type=int, default=22, help="thumbnail lattice is GRID x GRID cells, one thumbnail per cell at most (default: 22)")
+    p.add_argument("--max-images", type=int, default=5000, help="a random subset of this many images is mapped (default: 5000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset and of UMAP")
+    p.add_argument("--out", metavar="FILE.png", help="the figure (default: map.png in the run folder)")
+    p.set_defaults(handler=_map)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="the backbone as torchvision weights or ONNX",
+        description="torchvision: a state_dict for torchvision's ResNet with fc = Identity (a JSON description goes beside "
+        "it). onnx: the feature graph, input 'images' (batch, 3, S, S) normalised, output 'features' (batch, D), dynamic batch.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder of `simsiam train` (its checkpoints/last.ckpt) or a .ckpt file")
+    p.add_argument("--format", required=True, choices=["torchvision", "onnx"], help="torchvision state_dict or ONNX graph")
+    p.add_argument("--out", metavar="FILE", help="default: <backbone>.pt or <backbone>.onnx in the run folder")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.set_defaults(handler=_export)
+
+
+def _at_least(value: float, minimum: float, option: str) -> None:
+    from .config import ConfigError
+
+    if value < minimum:
+        raise ConfigError(f"{option}: must be at least {minimum:g}, got {value:g}")
+
+
+def _output(args: argparse.Namespace, file: Path, default_name: str, suffixes: tuple[str, ...]) -> Path:
+    """--out, or ``default_name`` in the run folder; the suffix checked before any work is done."""
+    from .checkpoint import run_folder_of
+    from .config import ConfigError
+
+    out = Path(args.out) if args.out else run_folder_of(file) / default_name
+    if out.suffix.lower() not in suffixes:
+        raise ConfigError(f"--out: {out} must end in {' or '.join(suffixes)}")
+    if out.is_dir():
+        raise ConfigError(f"--out: {out} is a folder; give a file name")
+    return out
+
+
+def _device(accelerator: str) -> Any:
+    import torch
+
+    from .config import ConfigError
+
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("--accelerator: gpu asked for, but no CUDA GPU is available")
+    return torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def _load_trained(args: argparse.Namespace) -> tuple[Any, Any, Path]:
+    from .checkpoint import load_checkpoint, resolve_checkpoint
+
+    _device(getattr(args, "accelerator", "cpu"))  # --accelerator gpu without a GPU fails before any work
+    file = resolve_checkpoint(args.checkpoint)
+    model, cfg = load_checkpoint(file)
+    return model, cfg, file
+
+
+def _features(args: argparse.Namespace, model: Any, file: Path, images: Any) -> Any:
+    from .evaluate import feature_cache_key, features_of
+
+    key = feature_cache_key(file, images.images) if args.cache_features else None
+    feats, cache = features_of(model, images.images, _device(args.accelerator), args.batch_size, key, progress=not args.quiet)
+    if cache is not None and not args.quiet:
+        print(f"features of {images.source}: {cache}")
+    return feats
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from . import data
+    from .evaluate import evaluate_encoder
+
+    _at_least(args.knn_k, 1, "--knn-k")
+    _at_least(args.linear_epochs, 1, "--linear-epochs")
+    _at_least(args.batch_size, 1, "--batch-size")
+    if not args.knn_temperature > 0 or not args.linear_lr > 0:
+        from .config import ConfigError
+
+        raise ConfigError("--knn-temperature and --linear-lr: must be positive")
+    model, cfg, file = _load_trained(args)
+    out = _output(args, file, "evaluation.json", EVAL_EXTENSIONS)
+    train = data.load(args.train, cfg.image_size, progress=not args.quiet)
+    test = data.load(args.test, cfg.image_size, progress=not args.quiet)
+    result = evaluate_encoder(
+        model, train, test, knn_k=args.knn_k, knn_temperature=args.knn_temperature, linear=args.linear,
+        linear_epochs=args.linear_epochs, linear_lr=args.linear_lr, device=_device(args.accelerator),
+        batch_size=args.batch_size, checkpoint=file, cache=args.cache_features, progress=not args.quiet,
+    )  # fmt: skip
+    result = {"checkpoint": str(file), "backbone": cfg.model.backbone, "image_size": cfg.image_size, **result}
+    print(f"{file}: {cfg.model.backbone}, {result['feature_dim']}-d features at {cfg.image_size}x{cfg.image_size}")
+    print(f"  train  {len(train):>7} images, {len(train.classes)} classes   {train.source}")
+    print(f"  test   {len(test):>7} images, {len(test.classes)} classes   {test.source}")
+    print("  ---------------------------------")
+    print(f"  kNN top-1      {result['knn']['top1']:.4f}   k={args.knn_k}, T={args.knn_temperature:g}")
+    if args.linear:
+        lin = result["linear"]
+        print(f"  linear top-1   {lin['top1']:.4f}   {args.linear_epochs} epochs, lr {args.linear_lr:g}, train top-1 {lin['train_top1']:.4f}")
+        print("  backbone weights and BN statistics unchanged: checked")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from . import data
+    from .explore import write_embeddings
+
+    _at_least(args.batch_size, 1, "--batch-size")
+    model, cfg, file = _load_trained(args)
+    out = _output(args, file, "embeddings.parquet", EMBED_EXTENSIONS)
+    images = data.load(args.data, cfg.image_size, progress=not args.quiet)
+    feats = _features(args, model, file, images)  # (N, D)
+    meta = {"checkpoint": str(file), "backbone": cfg.model.backbone, "image_size": cfg.image_size, "data": images.source}
+    write_embeddings(out, feats, images, meta)
+    print(f"wrote {out}: {len(images)} embeddings of {feats.shape[1]} dimensions" + (", with labels" if images.labels is not None else ""))
+    return 0
+
+
+def _neighbors(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import data
+    from .explore import nearest_neighbors, plot_neighbors
+
+    _at_least(args.k, 1, "--k")
+    _at_least(args.num_queries, 1, "--num-queries")
+    _at_least(args.batch_size, 1, "--batch-size")
+    model, cfg, file = _load_trained(args)
+    out = _output(args, file, "neighbors.png", FIGURE_EXTENSIONS)
+    bank = data.load(args.data, cfg.image_size, progress=not args.quiet)
+    if len(bank) < 2:
+        raise data.DataError(f"{bank.source}: one image only; neighbours need at least two")
+    feats = _features(args, model, file, bank)  # (N, D)
+    if args.query:
+        decoded = []
+        for q in args.query:
+            try:
+                decoded.append(data.decode_image(q, cfg.image_size))
+            except FileNotFoundError:
+                raise data.DataError(f"--query: {q}: no such file") from None
+            except Exception as e:  # Pillow raises many types for files that are not images
+                raise data.DataError(f"--query: {q}: cannot decode image ({type(e).__name__}: {e})") from None
+        query_images = torch.stack(decoded)  # (Q, 3, S, S) uint8
+        from .evaluate import features_of
+
+        query_feats, _ = features_of(model, query_images, feats.device)  # (Q, D)
+        # A query that is itself one of DATA's files is not its own neighbour.
+        where = {str(Path(p).resolve()): i for i, p in enumerate(bank.paths)}
+        exclude = torch.tensor([where.get(str(Path(q).resolve()), -1) for q in args.query])
+        names, labels = ["/".join(Path(q).parts[-2:]) for q in args.query], [None] * len(args.query)
+    else:
+        g = torch.Generator().manual_seed(args.seed)
+        picks = torch.randperm(len(bank), generator=g)[: args.num_queries]
+        query_images, query_feats, exclude = bank.images[picks], feats[picks.to(feats.device)], picks
+        labels = [None if bank.labels is None else int(bank.labels[i]) for i in picks]
+        names = [bank.classes[lab] if lab is not None else bank.paths[i].rsplit("/", 1)[-1] for lab, i in zip(labels, picks.tolist())]
+    sims, idx = nearest_neighbors(query_feats, feats, k=args.k, exclude=exclude)  # (Q, k) each
+    title = f"Nearest neighbours in {_name(bank.source)} by cosine similarity of backbone features ({cfg.model.backbone}, {file.name})"
+    if bank.labels is not None and any(lab is not None for lab in labels):
+        title += "\ngreen: same class as the query, red: another class"
+    plot_neighbors(query_images, names, labels, bank, sims.cpu(), idx.cpu(), out, title)
+    agree = ""
+    if bank.labels is not None and all(lab is not None for lab in labels):
+        same = (bank.labels[idx.cpu()] == torch.tensor(labels)[:, None]).float().mean().item()
+        agree = f"; {same:.0%} of the neighbours share their query's class"
+    print(f"wrote {out}: {len(names)} queries x {idx.shape[1]} neighbours{agree}")
+    return 0
+
+
+def _map(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import data
+    from .explore import map_method, plot_map, project_2d
+
+    _at_least(args.grid, 2, "--grid")
+    _at_least(args.max_images, 2, "--max-images")
+    _at_least(args.batch_size, 1, "--batch-size")
+    method = map_method(args.method)
+    if method == "PCA" and args.method == "auto":
+        print("umap-learn is not installed: the map uses PCA (pip install 'simsiam[umap]' for UMAP)")
+    model, cfg, file = _load_trained(args)
+    out = _output(args, file, "map.png", FIGURE_EXTENSIONS)
+    images = data.load(args.data, cfg.image_size, progress=not args.quiet)
+    if len(images) > args.max_images:
+        total, g = len(images), torch.Generator().manual_seed(args.seed)
+        images = images.subset(torch.randperm(total, generator=g)[: args.max_images].sort().values)
+        print(f"mapping a random {args.max_images} of the {total} images (--max-images)")
+    feats = _features(args, model, file, images)  # (N, D)
+    if not args.quiet:
+        print(f"projecting {len(images)} embeddings to 2-D with {method}" + (" (a minute or more on a CPU)" if method == "UMAP" and len(images) > 2000 else ""))
+    coords, method = project_2d(feats, method.lower(), seed=args.seed)  # (N, 2)
+    title = f"{method} map of the backbone embeddings of {_name(images.source)} ({cfg.model.backbone}, {file.name})"
+    shown = plot_map(coords, images, method, out, grid=args.grid, title=title)
+    print(f"wrote {out}: {method} projection of {len(images)} embeddings, {shown} thumbnails")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import check_onnx, export_onnx, export_torchvision, loading_code
+
+    model, cfg, file = _load_trained(args)
+    suffix = ".onnx" if args.format == "onnx" else ".pt"
+    out = _output(args, file, f"{cfg.model.backbone}{suffix}", (".onnx",) if args.format == "onnx" else (".pt", ".pth"))
+    size, dim = cfg.image_size, model.feature_dim
+    if args.format == "torchvision":
+        meta = export_torchvision(model, cfg, out, source=str(file))
+        print(f"wrote {out}: {cfg.model.backbone} backbone weights, {dim}-d features, trained at {size}x{size} (description: {meta})")
+        print("load them with:\n    " + "\n    ".join(loading_code(cfg, out, model.backbone.conv1.out_channels)))
+    else:
+        import torch
+
+        export_onnx(model, cfg, out, opset=args.opset, source=str(file))
+        print(f"wrote {out}: input 'images' (batch, 3, {size}, {size}) float32, output 'features' (batch, {dim}); batch size is dynamic")
+        try:
+            diff = check_onnx(model, out, torch.randn(3, 3, size, size))
+            print(f"checked with onnxruntime: largest difference from PyTorch {diff:.2e}")
+        except ImportError:
+            pass
+    print("inputs: RGB scaled to [0, 1], then normalised with mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225)")
+    return 0
+
+
+def _name(source: str) -> str:
+    return "the demo set" if source == "demo" else (Path(source).name or source)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simsiam", description="SimSiam self-supervised pretraining, evaluation and export.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
+    for add in (_add_evaluate, _add_embed, _add_neighbors, _add_map, _add_export):
+        add(sub)
     return parser
 
 
@@ -127,8 +439,9 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .data import DataError
     from .engine import NonFiniteLossError, RunError
+    from .evaluate import BackboneChangedError
 
-    return (ConfigError, DataError, RunError, NonFiniteLossError, CheckpointError)
+    return (ConfigError, DataError, RunError, NonFiniteLossError, CheckpointError, BackboneChangedError)
 
 
 def _report(command: str, e: Exception) -> int:

@@ -1,4 +1,4 @@
-"""Judging an encoder: feature extraction, kNN accuracy and the collapse metric.
+"""Judging an encoder: feature extraction, kNN accuracy, the linear probe and the collapse metric.
 
 Evaluation functions are pure tensor functions (features and labels in, a figure
 out); extraction and caching live apart from them, and every path goes through
@@ -7,12 +7,18 @@ out); extraction and caching live apart from them, and every path goes through
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import time
+import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD
+from .data import DataError, ImageSet
 
 
 def normalize_images(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
@@ -119,3 +125,219 @@ def z_std(z: torch.Tensor) -> torch.Tensor:
 def collapse_level(std: float, dim: int) -> float:
     """z_std relative to the healthy 1/sqrt(d): 1 healthy, 0 fully collapsed."""
     return std * math.sqrt(dim)
+
+
+# -- the linear probe ------------------------------------------------------------------------
+
+
+class BackboneChangedError(RuntimeError):
+    """A frozen backbone changed during evaluation: a weight or a BN running statistic moved."""
+
+
+def backbone_snapshot(backbone: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every weight and buffer (BN running mean/var and batch counts included)."""
+    return {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+
+
+def check_unchanged(before: dict[str, torch.Tensor], backbone: torch.nn.Module) -> None:
+    """Raise BackboneChangedError naming the first tensor that differs from ``before``.
+
+    The reference linear-classification script makes the same check (its
+    sanity_check): a probe is only a measure of the pretrained features if they
+    stayed frozen, and BN statistics drift silently whenever a forward pass runs
+    in train mode.
+    """
+    after = backbone.state_dict()
+    if after.keys() != before.keys():
+        raise BackboneChangedError("the backbone's set of weights changed during evaluation")
+    for name, value in before.items():
+        if not torch.equal(value, after[name].detach().to(value.device)):
+            raise BackboneChangedError(f"the frozen backbone changed during evaluation: {name}")
+
+
+def linear_probe(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int | None = None,
+    epochs: int = 100,
+    batch_size: int = 256,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Top-1 of one linear layer trained on frozen features: SGD with momentum, cosine lr decay per step.
+
+    The features are standardised with the training set's mean and std first, a
+    fixed affine map that the linear layer could absorb, so the probe is still
+    linear; it only makes one learning rate fit every encoder. Returns test and
+    train top-1 in [0, 1].
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> y = torch.arange(2).repeat(50)
+    >>> f = torch.randn(100, 8, generator=g) + 4 * y[:, None]  # two separable clusters
+    >>> linear_probe(f, y, f, y, epochs=10)["top1"]
+    1.0
+    """
+    device = train_features.device
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1 if num_classes is None else num_classes
+    mean = train_features.float().mean(dim=0)  # (D,)
+    std = train_features.float().std(dim=0).clamp_min(1e-6)  # (D,)
+    x_train = (train_features.float() - mean) / std  # (N, D)
+    x_test = (test_features.float().to(device) - mean) / std  # (M, D)
+    y_train = train_labels.to(device)
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = torch.nn.Linear(x_train.shape[1], num_classes).to(device)
+    optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    n = x_train.shape[0]
+    batch_size = min(batch_size, n)
+    steps_per_epoch = math.ceil(n / batch_size)
+    total = steps_per_epoch * epochs
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+    # A step here is a (b, D) x (D, C) product: too small to split between CPU threads,
+    # and on a busy machine a second thread makes every one of the many steps wait
+    # (measured: 20x slower on two shared cores).
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        _train_probe(head, optimizer, schedule, x_train, y_train, epochs, batch_size, g)
+    finally:
+        torch.set_num_threads(threads)
+    with torch.no_grad():
+        test_top1 = (head(x_test).argmax(dim=1).cpu() == test_labels.cpu()).float().mean().item()
+        train_top1 = (head(x_train).argmax(dim=1) == y_train).float().mean().item()
+    return {"top1": test_top1, "train_top1": train_top1}
+
+
+def _train_probe(head, optimizer, schedule, x_train, y_train, epochs: int, batch_size: int, g: torch.Generator) -> None:
+    n = x_train.shape[0]
+    with torch.enable_grad():
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=g).to(x_train.device)
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                loss = F.cross_entropy(head(x_train[idx]), y_train[idx])  # logits (b, C)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+
+
+# -- features of a whole image set, extracted once -------------------------------------------
+
+
+def feature_cache_key(checkpoint: str | Path, images: torch.Tensor) -> str:
+    """A key for the features of ``images`` under the checkpoint file: changes when either does."""
+    checkpoint = Path(checkpoint).resolve()
+    st = checkpoint.stat()
+    h = hashlib.sha1(f"features|1|{checkpoint}|{st.st_size}|{st.st_mtime_ns}|{tuple(images.shape)}".encode())
+    h.update(memoryview(images.contiguous().cpu().numpy()).cast("B"))
+    return h.hexdigest()[:24]
+
+
+def features_of(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    device: torch.device | str | None = None,
+    batch_size: int = 512,
+    cache_key: str | None = None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, Path | None]:
+    """Backbone features (N, D) on ``device``; with ``cache_key``, read from or saved to the feature cache.
+
+    Returns the features and the cache file when one was used. The cache lives
+    beside the image cache (``$SIMSIAM_CACHE/features``).
+    """
+    from .data import cache_dir
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    file = cache_dir() / "features" / f"{cache_key}.pt" if cache_key else None
+    if file is not None and file.exists():
+        try:
+            return torch.load(file, map_location=device, weights_only=True), file
+        except Exception:  # a damaged cache entry is recomputed, never trusted
+            pass
+    model.to(device)
+    feats = extract_features(model, images, batch_size=batch_size, device=device, progress=progress)  # (N, D)
+    if file is not None:
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_suffix(f".tmp{os.getpid()}")
+            torch.save(feats.cpu(), tmp)
+            os.replace(tmp, file)
+        except OSError as e:  # a read-only cache only costs the next run an extraction
+            warnings.warn(f"could not write the feature cache {file}: {e}", stacklevel=2)
+            file = None
+    return feats, file
+
+
+# -- the evaluation protocol, end to end ------------------------------------------------------
+
+
+def align_labels(train: ImageSet, test: ImageSet) -> torch.Tensor:
+    """The test labels renumbered into the training set's classes (matched by name)."""
+    if train.labels is None or test.labels is None:
+        which = train.source if train.labels is None else test.source
+        raise DataError(f"{which}: no labels; evaluation needs one subfolder per class (or CIFAR-10 batches)")
+    unknown = sorted(set(test.classes) - set(train.classes))
+    if unknown:
+        raise DataError(f"{test.source}: classes not in the training data {train.source}: {', '.join(unknown[:10])}")
+    index = torch.tensor([train.classes.index(c) for c in test.classes], dtype=torch.long)
+    return index[test.labels]
+
+
+def evaluate_encoder(
+    model: torch.nn.Module,
+    train: ImageSet,
+    test: ImageSet,
+    knn_k: int = 200,
+    knn_temperature: float = 0.1,
+    linear: bool = False,
+    linear_epochs: int = 100,
+    linear_lr: float = 0.1,
+    device: torch.device | str | None = None,
+    batch_size: int = 512,
+    checkpoint: str | Path | None = None,
+    cache: bool = False,
+    progress: bool = False,
+) -> dict:
+    """kNN top-1 and, with ``linear``, linear-probe top-1 of ``model``'s frozen backbone features.
+
+    Features are extracted once per image set (and, with ``cache`` and a
+    ``checkpoint`` file, kept in the feature cache); the backbone is checked to be
+    bit-for-bit unchanged afterwards.
+    """
+    test_labels = align_labels(train, test)
+    num_classes = len(train.classes)
+    before = backbone_snapshot(model.backbone)
+    started = time.perf_counter()
+    key = (lambda s: feature_cache_key(checkpoint, s.images)) if cache and checkpoint is not None else (lambda s: None)
+    train_feats, train_cache = features_of(model, train.images, device, batch_size, key(train), progress)  # (N, D)
+    test_feats, test_cache = features_of(model, test.images, device, batch_size, key(test), progress)  # (M, D)
+    result: dict = {
+        "train": {"data": train.source, "images": len(train), "classes": num_classes, "feature_cache": _str(train_cache)},
+        "test": {"data": test.source, "images": len(test), "classes": len(test.classes), "feature_cache": _str(test_cache)},
+        "feature_dim": train_feats.shape[1],
+        "extract_seconds": time.perf_counter() - started,
+    }
+    started = time.perf_counter()
+    top1 = knn_accuracy(train_feats, train.labels.to(train_feats.device), test_feats, test_labels.to(test_feats.device), knn_k, knn_temperature)
+    result["knn"] = {"top1": top1, "k": knn_k, "temperature": knn_temperature, "seconds": time.perf_counter() - started}
+    if linear:
+        started = time.perf_counter()
+        probe = linear_probe(
+            train_feats, train.labels, test_feats, test_labels, num_classes=num_classes, epochs=linear_epochs, lr=linear_lr
+        )
+        result["linear"] = {**probe, "epochs": linear_epochs, "lr": linear_lr, "seconds": time.perf_counter() - started}
+    check_unchanged(before, model.backbone)
+    result["backbone_unchanged"] = True
+    return result
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
