@@ -130,14 +130,15 @@ RECIPES: dict[str, dict[str, Any]] = {
         augment=dict(blur_p=0.5),
     ),
     # The CPU demo (README, "Why the demo looks the way it does"): a half-width
-    # ResNet-10 with the ImageNet stem runs ~40x faster than ResNet-18 with the
-    # CIFAR stem on two cores, and a small batch with a high lr makes SimSiam
-    # leave the random-feature regime within minutes.
+    # ResNet-10 with the ImageNet stem trains ~50x faster than ResNet-18 with the
+    # CIFAR stem on two cores, and a small batch with a high lr (base 0.3; 0.06
+    # gained 5 points in 40 epochs, 0.3 gained 8 in 30) gets SimSiam past its
+    # colour-unlearning phase within minutes.
     "demo": dict(
-        epochs=40,
+        epochs=30,
         batch_size=128,
         model=dict(backbone="resnet10-slim", small_images=False, proj_dim=512, proj_layers=2, pred_hidden_dim=128),
-        optim=dict(base_lr=0.06, weight_decay=5e-4),
+        optim=dict(base_lr=0.3, weight_decay=5e-4),
         knn_k=20,
     ),
 }
