@@ -203,23 +203,22 @@ class Augment:
 
     def apply(self, images: torch.Tensor, params: ViewParams) -> torch.Tensor:
         """Render views of ``images`` with the given parameters (deterministic)."""
-        x = images.float()
-        if images.dtype == torch.uint8:
-            x = x / 255.0
-        x = self._resample(x, params)  # (B, 3, size, size) in [0, 1]
-        x = _adjust_brightness(x, params.brightness)
+        x = self._resample(images.float(), params)  # (B, 3, size, size), still in the input's range
+        # Brightness also brings uint8 values to [0, 1]: one pass over the batch, not two.
+        scale = 1 / 255 if images.dtype == torch.uint8 else 1.0
+        x = _adjust_brightness(x, params.brightness * scale)
         x = _adjust_contrast(x, params.contrast)
         x = _adjust_saturation(x, params.saturation)
         if self.hue > 0:
             x = torch.where(params.jitter[:, None, None, None], _shift_hue(x, params.hue), x)
         if self.grayscale_p > 0:
-            x = torch.where(params.gray[:, None, None, None], _grayscale(x).expand_as(x), x)
+            x = torch.where(params.gray[:, None, None, None], _grayscale(x), x)
         if self.blur_p > 0:
             x = _gaussian_blur(x, params.blur_sigma, self.blur_kernel)
         if self.solarize_p > 0:
             x = torch.where(params.solarize[:, None, None, None] & (x >= 0.5), 1.0 - x, x)
         mean, std = self._mean_std(x.device)
-        return (x - mean) / std
+        return x.sub_(mean).div_(std)
 
     def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         # Made once per device: torch.tensor(..., device="cuda") on every call would be
@@ -250,24 +249,28 @@ class Augment:
         return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
 
 
+# The colour steps work in place on the resampled batch (a fresh tensor that
+# nothing else holds): on a CPU the memory traffic of temporaries is most of their cost.
+
+
 def _grayscale(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.unbind(1)
-    return (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b).unsqueeze(1)  # (B, 1, H, W)
+    weights = x.new_tensor(_GRAY_WEIGHTS).view(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True)  # (B, 1, H, W)
 
 
 def _adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (x * factor[:, None, None, None]).clamp(0, 1)
+    return x.mul_(factor[:, None, None, None]).clamp_(0, 1)
 
 
 def _adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     mean = _grayscale(x).mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1), torchvision's definition
     f = factor[:, None, None, None]
-    return (f * x + (1 - f) * mean).clamp(0, 1)
+    return x.mul_(f).add_((1 - f) * mean).clamp_(0, 1)
 
 
 def _adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     f = factor[:, None, None, None]
-    return (f * x + (1 - f) * _grayscale(x)).clamp(0, 1)
+    return x.mul_(f).add_((1 - f) * _grayscale(x)).clamp_(0, 1)
 
 
 def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -280,16 +283,17 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     v = torch.maximum(torch.maximum(r, g), b)
     c = v - torch.minimum(torch.minimum(r, g), b)
     sector = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * c, r - g + 4 * c))
-    h6 = sector / c.clamp_min(1e-8) + 6 * shift[:, None, None]  # hue in sixths of a turn
-    h6 = h6 - 6 * torch.floor(h6 / 6)  # wrapped to [0, 6)
+    h6 = sector.div_(c.clamp_min(1e-8)).add_(6 * shift[:, None, None])  # hue in sixths of a turn
+    h6 = h6.sub_(6 * torch.floor(h6 / 6))  # wrapped to [0, 6)
     # HSV -> RGB without branches: channel n is v - c*clamp(min(k, 4-k), 0, 1) with
     # k = (n + h6) mod 6 and n = 5, 3, 1 for red, green, blue.
-    out = []
-    for n in (5.0, 3.0, 1.0):
+    out = torch.empty_like(x)
+    for channel, n in enumerate((5.0, 3.0, 1.0)):
         k = h6 + n
         k = torch.where(k >= 6, k - 6, k)
-        out.append(v - c * torch.clamp(torch.minimum(k, 4 - k), 0, 1))
-    return torch.stack(out, dim=1)
+        ramp = torch.minimum(k, (4 - k)).clamp_(0, 1).mul_(c)
+        torch.sub(v, ramp, out=out[:, channel])
+    return out
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:

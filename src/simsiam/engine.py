@@ -756,7 +756,11 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
     last = ModelCheckpoint(
         dirpath=out / "checkpoints", filename="last", save_top_k=1, every_n_epochs=cfg.checkpoint_every, enable_version_counter=False
     )
-    callbacks: list[L.Callback] = [last] + ([TQDMProgressBar(refresh_rate=10)] if progress else [])
+    class ProgressBar(TQDMProgressBar):
+        def get_metrics(self, trainer, module):  # the logger's "v_num" means nothing to a simsiam user
+            return {k: v for k, v in super().get_metrics(trainer, module).items() if k != "v_num"}
+
+    callbacks: list[L.Callback] = [last] + ([ProgressBar(refresh_rate=10)] if progress else [])
     if bank is not None:
         callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="knn_top1", mode="max", save_top_k=1, enable_version_counter=False))
     # torch's SyncBatchNorm refuses CPU tensors: on CPU every process keeps plain BN.
