@@ -12,7 +12,9 @@ from PIL import Image
 def _private_cache(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("SIMSIAM_CACHE", str(tmp_path_factory.mktemp("cache")))
-    torch.set_num_threads(2)
+    # Every tensor in the tests is tiny: a second intra-op thread costs more than it
+    # gives, and on a busy 2-core machine it makes the suite several times slower.
+    torch.set_num_threads(1)
     yield
     mp.undo()
 

@@ -24,15 +24,12 @@ def run(tmp_path_factory):
         for i in range(6):
             pixels = np.asarray(colour) * rng.uniform(0.5, 1.0) + rng.normal(0, 20, (16, 16, 3))
             Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(root / "images" / name / f"{i}.png")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: a second thread only adds contention on a busy machine
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SIMSIAM_CACHE", str(root / "cache"))
         args = ["train", str(root / "images"), "--out", str(root / "run"), "--epochs", "1", "--batch-size", "6", "--backbone", "resnet10-slim"]
         args += ["--proj-dim", "32", "--knn-k", "5", "--held-out", "0.2", "--quiet"]
         assert main(args) == 0
         yield root / "run", root / "images"
-    torch.set_num_threads(threads)
 
 
 def run_cli(capsys, *args):

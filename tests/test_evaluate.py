@@ -18,15 +18,6 @@ from simsiam.evaluate import (
 from simsiam.model import SimSiam
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These tensors are tiny: a second intra-op thread only adds contention on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def clusters(n_per_class: int, num_classes: int = 5, dim: int = 32, spread: float = 0.3, seed: int = 0):
     """Gaussian clusters around fixed random unit centres: features (N, D) and labels (N,); seed draws the noise."""
     centres = torch.nn.functional.normalize(torch.randn(num_classes, dim, generator=torch.Generator().manual_seed(123)), dim=1)

@@ -11,14 +11,6 @@ from simsiam.engine import build_model
 from simsiam.export import check_onnx, export_onnx, export_torchvision, loading_code
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def trained_like(backbone: str, image_size: int, small_images: bool | None = None):
     """A model as a checkpoint gives it back: resolved config, eval mode, BN statistics that are not the defaults."""
     cfg = TrainConfig.from_dict({"model": {"backbone": backbone, "small_images": small_images, "proj_dim": 16}})

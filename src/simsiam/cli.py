@@ -377,9 +377,9 @@ def _map(args: argparse.Namespace) -> int:
     _at_least(args.max_images, 2, "--max-images")
     _at_least(args.batch_size, 1, "--batch-size")
     method = map_method(args.method)
+    model, cfg, file = _load_trained(args)  # a bad checkpoint is the one line printed, before any note
     if method == "PCA" and args.method == "auto":
         print("umap-learn is not installed: the map uses PCA (pip install 'simsiam[umap]' for UMAP)")
-    model, cfg, file = _load_trained(args)
     out = _output(args, file, "map.png", FIGURE_EXTENSIONS)
     images = data.load(args.data, cfg.image_size, progress=not args.quiet)
     if len(images) > args.max_images:
