@@ -254,8 +254,10 @@ class Augment:
 
 
 def _grayscale(x: torch.Tensor) -> torch.Tensor:
-    weights = x.new_tensor(_GRAY_WEIGHTS).view(1, 3, 1, 1)
-    return (x * weights).sum(dim=1, keepdim=True)  # (B, 1, H, W)
+    # Python-scalar weights: a weights tensor made here would be a host-to-device copy
+    # on every call when x is on a GPU.
+    r, g, b = x.unbind(1)
+    return (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b).unsqueeze(1)  # (B, 1, H, W)
 
 
 def _adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
