@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from simsiam.config import TrainConfig, recipe  # noqa: E402
-from simsiam.engine import fit  # noqa: E402
+from simsiam.train import fit  # noqa: E402
 
 
 def git_revision() -> str:

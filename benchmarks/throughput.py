@@ -56,7 +56,7 @@ def ours_end_to_end(data: str, batch: int, epochs: int, compile_: bool, out: Pat
     left out.
     """
     from simsiam.config import TrainConfig
-    from simsiam.engine import fit
+    from simsiam.train import fit
 
     cfg = TrainConfig.from_dict(
         dict(

@@ -78,7 +78,7 @@ def _train(args: argparse.Namespace) -> int:
     from lightning.pytorch.utilities import rank_zero_only  # under DDP every process runs this; rank 0 speaks
 
     from .config import TrainConfig, load_yaml, recipe
-    from .engine import fit
+    from .train import fit
 
     given = {key: getattr(args, key) for key, _ in TRAIN_FLAGS.values() if hasattr(args, key)}
     values: dict[str, Any] = {}
@@ -438,7 +438,8 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
-    from .engine import NonFiniteLossError, RunError
+    from .engine import NonFiniteLossError
+    from .train import RunError
     from .evaluate import BackboneChangedError
 
     return (ConfigError, DataError, RunError, NonFiniteLossError, CheckpointError, BackboneChangedError)
