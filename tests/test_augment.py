@@ -83,3 +83,14 @@ def test_bad_options_are_refused():
         Augment(min_scale=0)
     with pytest.raises(ValueError, match="rotate"):
         Augment(rotate="sideways")
+
+
+def test_cpu_subset_path_equals_the_gpu_where_path():
+    from simsiam.augment import _where_samples
+
+    x = torch.rand(6, 3, 8, 8)
+    mask = torch.tensor([True, False, True, True, False, False])
+    shift = torch.linspace(-0.1, 0.1, 6)
+    subset = _where_samples(mask, lambda i: _shift_hue(x[i], shift[i]), x.clone())
+    everywhere = torch.where(mask[:, None, None, None], _shift_hue(x, shift), x)
+    assert torch.allclose(subset, everywhere, atol=1e-6)

@@ -210,9 +210,9 @@ class Augment:
         x = _adjust_contrast(x, params.contrast)
         x = _adjust_saturation(x, params.saturation)
         if self.hue > 0:
-            x = torch.where(params.jitter[:, None, None, None], _shift_hue(x, params.hue), x)
+            x = _where_samples(params.jitter, lambda i: _shift_hue(x[i], params.hue[i]), x)
         if self.grayscale_p > 0:
-            x = torch.where(params.gray[:, None, None, None], _grayscale(x), x)
+            x = _where_samples(params.gray, lambda i: _grayscale(x[i]).expand(-1, 3, -1, -1), x)
         if self.blur_p > 0:
             x = _gaussian_blur(x, params.blur_sigma, self.blur_kernel)
         if self.solarize_p > 0:
@@ -260,12 +260,31 @@ def _grayscale(x: torch.Tensor) -> torch.Tensor:
     return (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b).unsqueeze(1)  # (B, 1, H, W)
 
 
+def _where_samples(mask: torch.Tensor, fn, x: torch.Tensor) -> torch.Tensor:
+    """x with ``fn`` applied to the samples where ``mask`` is set; fn takes a sample index.
+
+    On a CPU only the selected samples are computed (a hue shift costs as much as
+    the rest of the pipeline); on a GPU every sample is computed and selected with
+    torch.where, since picking the samples out (nonzero) would make the host wait
+    for the GPU.
+    """
+    if x.device.type == "cuda":
+        return torch.where(mask[:, None, None, None], fn(slice(None)), x)
+    index = mask.nonzero().squeeze(1)
+    if len(index):
+        x[index] = fn(index)
+    return x
+
+
 def _adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return x.mul_(factor[:, None, None, None]).clamp_(0, 1)
 
 
 def _adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    mean = _grayscale(x).mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1), torchvision's definition
+    # torchvision's definition: the mean of the grayscale image, taken here from the
+    # channel means (the grayscale is linear) rather than from a full grayscale image.
+    r, g, b = x.mean(dim=(2, 3)).unbind(1)  # (B,) each
+    mean = (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b)[:, None, None, None]  # (B, 1, 1, 1)
     f = factor[:, None, None, None]
     return x.mul_(f).add_((1 - f) * mean).clamp_(0, 1)
 
@@ -282,18 +301,16 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     Matches torchvision's adjust_hue to float rounding (tests/test_augment.py).
     """
     r, g, b = x.unbind(1)  # (B, H, W) each
-    v = torch.maximum(torch.maximum(r, g), b)
-    c = v - torch.minimum(torch.minimum(r, g), b)
+    m, v = torch.aminmax(x, dim=1)  # min and max over the channels, one pass
+    c = v - m  # chroma
     sector = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * c, r - g + 4 * c))
     h6 = sector.div_(c.clamp_min(1e-8)).add_(6 * shift[:, None, None])  # hue in sixths of a turn
-    h6 = h6.sub_(6 * torch.floor(h6 / 6))  # wrapped to [0, 6)
-    # HSV -> RGB without branches: channel n is v - c*clamp(min(k, 4-k), 0, 1) with
-    # k = (n + h6) mod 6 and n = 5, 3, 1 for red, green, blue.
+    # HSV -> RGB without branches: channel n is v - c*clamp(2 - d, 0, 1), where d is the
+    # distance on the hue circle (length 6) from h6 + n to 2, with n = 5, 3, 1 for R, G, B.
+    # fmod wraps any shift of at most half a turn: h6 + n + 1 + 6 stays positive.
     out = torch.empty_like(x)
     for channel, n in enumerate((5.0, 3.0, 1.0)):
-        k = h6 + n
-        k = torch.where(k >= 6, k - 6, k)
-        ramp = torch.minimum(k, (4 - k)).clamp_(0, 1).mul_(c)
+        ramp = (h6 + (n + 7)).fmod_(6).sub_(3).abs_().neg_().add_(2).clamp_(0, 1).mul_(c)
         torch.sub(v, ramp, out=out[:, channel])
     return out
 
