@@ -83,14 +83,24 @@ def ours_end_to_end(data: str, batch: int, epochs: int, compile_: bool, out: Pat
 # -- (b) the model step alone ---------------------------------------------------------------------
 
 
-def model_step_alone(batch: int, steps: int, device: torch.device, bf16: bool, channels_last: bool, compile_: bool) -> float:
-    """Forward, loss, backward and fused SGD step on ready (pre-augmented) tensors."""
+def model_step_alone(
+    batch: int, steps: int, device: torch.device, bf16: bool, channels_last: bool, compile_: bool, augment: bool = False
+) -> float:
+    """Forward, loss, backward and fused SGD step on ready (pre-augmented) tensors.
+
+    augment=True: the same step in a plain loop (no Lightning) that first renders
+    both views from a uint8 batch with Augment, as the training step does. Between
+    this row, the model-alone row and ours end to end, the cost of augmentation and
+    of Lightning's loop can be told apart.
+    """
     torch.manual_seed(0)
     model = SimSiam("resnet18", small_images=True, proj_dim=2048, proj_layers=2, pred_hidden_dim=512).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4, fused=device.type == "cuda" or None)
     views = [torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt) for _ in range(4)]
+    images = [torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=device) for _ in range(4)]
+    aug = Augment(size=32)
 
     def step(x1, x2):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -103,10 +113,28 @@ def model_step_alone(batch: int, steps: int, device: torch.device, bf16: bool, c
         if i == warmup:
             _sync(device)
             start = time.perf_counter()
-        loss = fn(views[i % 4], views[(i + 1) % 4])
+        if augment:
+            with torch.no_grad():
+                x1, x2 = aug(images[i % 4].repeat(2, 1, 1, 1)).chunk(2)
+            loss = fn(x1.contiguous(memory_format=fmt), x2.contiguous(memory_format=fmt))
+        else:
+            loss = fn(views[i % 4], views[(i + 1) % 4])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    _sync(device)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def augment_alone(batch: int, steps: int, device: torch.device) -> float:
+    """Images/s of Augment rendering both views of uint8 batches already on the device."""
+    aug = Augment(size=32)
+    images = [torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=device) for _ in range(4)]
+    for i in range(5 + steps):
+        if i == 5:
+            _sync(device)
+            start = time.perf_counter()
+        aug(images[i % 4].repeat(2, 1, 1, 1))
     _sync(device)
     return steps * batch / (time.perf_counter() - start)
 
@@ -166,14 +194,17 @@ def gpu(args) -> None:
         rows.append((label, ours["images_per_s"]))
         extra["ours"] = ours
         print(f"  ours: {ours} ({time.perf_counter() - t:.0f} s)", flush=True)
-    for label, bf16, cl, comp in [
-        ("model step alone, fp32", False, False, False),
-        ("model step alone, bf16 + channels_last", True, True, False),
-        ("model step alone, bf16 + channels_last + compile", True, True, not args.no_compile),
+    for label, bf16, cl, comp, with_aug in [
+        ("model step alone, fp32", False, False, False, False),
+        ("model step alone, bf16 + channels_last", True, True, False, False),
+        ("model step alone, bf16 + channels_last + compile", True, True, not args.no_compile, False),
+        ("augmentation + compiled step, plain loop (no Lightning)", True, True, not args.no_compile, True),
     ]:
         t = time.perf_counter()
-        rows.append((label, model_step_alone(args.batch_size, args.steps, device, bf16, cl, comp)))
+        rows.append((label, model_step_alone(args.batch_size, args.steps, device, bf16, cl, comp, augment=with_aug)))
         print(f"  {label}: {rows[-1][1]:,.0f} ({time.perf_counter() - t:.0f} s)", flush=True)
+    rows.append(("augmentation alone (both views)", augment_alone(args.batch_size, args.steps, device)))
+    print(f"  {rows[-1][0]}: {rows[-1][1]:,.0f}", flush=True)
     for workers in args.lightly_workers:
         try:
             t = time.perf_counter()
