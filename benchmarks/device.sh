@@ -7,7 +7,10 @@
 #
 # Data: .devdata/cifar10.tar.gz (train/ and val/ JPEG folders; make it with
 #   (cd ../shared/data/cifar10 && tar -cf - train val | gzip -1) > .devdata/cifar10.tar.gz)
-# lightly for the side-by-side rows: a wheel in .whl/ (see benchmarks/README.md).
+# lightly for the side-by-side rows: its wheel in .whl/ (the GPU machine has no internet;
+# lightly's transforms, heads and loss need none of its other dependencies there):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl lightly==1.6.0
+# Both .devdata/ and .whl/ are git-ignored; name them in the device tool's carry.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-device-out}
