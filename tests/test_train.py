@@ -77,3 +77,12 @@ def test_shards_cover_each_epoch_once(world):
             sampler.set_epoch(epoch)
             seen += torch.cat(list(sampler)).tolist()
         assert len(seen) == len(set(seen)) == (n // (batch * world)) * batch * world
+
+
+def test_resume_refuses_other_data(class_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(class_folder), "--out", str(run), "--epochs", "1", *TINY]) == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    assert main(["train", str(other), "--out", str(run), "--epochs", "2", "--resume", "--quiet"]) == 2
+    assert "DATA: the run in" in capsys.readouterr().err

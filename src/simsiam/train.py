@@ -183,6 +183,11 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None
             saved = TrainConfig.from_dict(load_yaml(out / "config.yaml"), where=str(out / "config.yaml"))
             rank_zero_only(print)(f"{out} has no checkpoint yet (the run stopped during its first epoch): starting it from the beginning")
             _check_resume_overrides(saved, overrides or {}, out)
+        if cfg.data is not None and (saved.data is None or Path(cfg.data).resolve() != Path(saved.data).resolve()):
+            raise RunError(
+                f"DATA: the run in {out} trains on {saved.data or 'the demo set'}, not {cfg.data}; --resume continues a run "
+                f"on its own data (leave DATA out), or start a new run with another --out"
+            )
         changes = {k: v for k, v in (overrides or {}).items() if k in RESUMABLE_OVERRIDES}
         cfg = TrainConfig.from_dict(changes, base=saved)
         cfg.out = str(out)
