@@ -5,7 +5,6 @@ import csv
 import warnings
 
 import pytest
-import torch
 
 from simsiam.cli import main
 from simsiam.engine import CollapseWarning

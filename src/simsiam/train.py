@@ -117,11 +117,6 @@ def describe_distributed(trainer: L.Trainer, cfg: TrainConfig, sync_bn: bool, on
     )
 
 
-def load_run_config(out: Path) -> TrainConfig:
-    """The config of the run in ``out``, from its last checkpoint (CheckpointError when that is unusable)."""
-    return TrainConfig.from_dict(read_checkpoint(out / "checkpoints" / "last.ckpt")["hyper_parameters"]["config"])
-
-
 def _check_resume_overrides(saved: TrainConfig, overrides: dict[str, Any], out: Path) -> None:
     """A resumed run keeps its settings: options given again must agree with them, except RESUMABLE_OVERRIDES."""
     from .cli import TRAIN_FLAGS
