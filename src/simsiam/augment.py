@@ -119,6 +119,7 @@ class Augment:
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
         self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._grids: dict[torch.device, torch.Tensor] = {}
 
     # -- randomness -----------------------------------------------------------------
 
@@ -229,6 +230,14 @@ class Augment:
             self._constants[device] = (mean, std)
         return self._constants[device]
 
+    def _base_grid(self, device: torch.device) -> torch.Tensor:
+        """(1, size*size, 3): each output pixel's (x, y, 1) in grid_sample's [-1, 1] units."""
+        if device not in self._grids:
+            identity = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], device=device)
+            xy = F.affine_grid(identity, [1, 3, self.size, self.size], align_corners=False)
+            self._grids[device] = torch.cat([xy, torch.ones_like(xy[..., :1])], dim=-1).view(1, -1, 3)
+        return self._grids[device]
+
     def _resample(self, x: torch.Tensor, params: ViewParams) -> torch.Tensor:
         # One affine map per sample from output coordinates to input coordinates
         # (both in grid_sample's [-1, 1] units): rotate, flip, scale to the crop size,
@@ -244,7 +253,9 @@ class Augment:
             ],
             dim=1,
         )  # (B, 2, 3)
-        grid = F.affine_grid(theta, [x.shape[0], 3, self.size, self.size], align_corners=False)
+        # affine_grid rebuilds the output's base grid on every call; on a CPU that took as
+        # long as the resampling itself. The base grid is fixed, so it is made once.
+        grid = torch.matmul(self._base_grid(x.device), theta.transpose(1, 2)).view(-1, self.size, self.size, 2)
         padding = "reflection" if self.rotate == "free" else "border"
         return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
 
@@ -301,16 +312,19 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     Matches torchvision's adjust_hue to float rounding (tests/test_augment.py).
     """
     r, g, b = x.unbind(1)  # (B, H, W) each
-    m, v = torch.aminmax(x, dim=1)  # min and max over the channels, one pass
-    c = v - m  # chroma
-    sector = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * c, r - g + 4 * c))
+    # Elementwise max and min of the three channel planes: about 5x faster on a CPU
+    # than a reduction over the (strided) channel dimension.
+    v = torch.maximum(torch.maximum(r, g), b)
+    c = v - torch.minimum(torch.minimum(r, g), b)  # chroma
+    sector = torch.where(v == r, g - b, torch.where(v == g, (b - r).add_(c, alpha=2), (r - g).add_(c, alpha=4)))
     h6 = sector.div_(c.clamp_min(1e-8)).add_(6 * shift[:, None, None])  # hue in sixths of a turn
     # HSV -> RGB without branches: channel n is v - c*clamp(2 - d, 0, 1), where d is the
     # distance on the hue circle (length 6) from h6 + n to 2, with n = 5, 3, 1 for R, G, B.
     # fmod wraps any shift of at most half a turn: h6 + n + 1 + 6 stays positive.
     out = torch.empty_like(x)
+    ramp = torch.empty_like(h6)  # one scratch plane reused by the three channels
     for channel, n in enumerate((5.0, 3.0, 1.0)):
-        ramp = (h6 + (n + 7)).fmod_(6).sub_(3).abs_().neg_().add_(2).clamp_(0, 1).mul_(c)
+        torch.add(h6, n + 7, out=ramp).fmod_(6).sub_(3).abs_().neg_().add_(2).clamp_(0, 1).mul_(c)
         torch.sub(v, ramp, out=out[:, channel])
     return out
 
