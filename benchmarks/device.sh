@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks, as one prepared script for a GPU machine (about 4 minutes for
+# The GPU checks, as one prepared script for a GPU machine (about 6 minutes for
 # "checks", 7 for "cifar200"). Results land in $OUT (default ./device-out).
 #
 #   benchmarks/device.sh checks     # CUDA tests, throughput table, GPU decoding, DDP + SyncBN
@@ -29,7 +29,7 @@ python3 -c "import torch, torchvision, lightning; print('torch', torch.__version
 case "${1:-checks}" in
 checks)
     python3 -m pytest -q -p no:cacheprovider tests/test_augment.py tests/test_model.py 2>&1 | tail -3 | tee "$OUT/pytest.log"
-    timeout 200 python3 benchmarks/throughput.py gpu --data /tmp/cifar10/train --json "$OUT/throughput.json" 2>&1 | grep -v Warning | tee "$OUT/throughput.log"
+    timeout 330 python3 benchmarks/throughput.py gpu --data /tmp/cifar10/train --json "$OUT/throughput.json" 2>&1 | grep -v Warning | tee "$OUT/throughput.log"
     timeout 60 python3 benchmarks/throughput.py decode --count 4000 2>&1 | tee "$OUT/decode.log"
     timeout 90 python3 benchmarks/ddp_gpu_check.py 2>&1 | tail -15 | tee "$OUT/ddp.log"
     ;;
