@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from simsiam.cli import main
-from simsiam.config import ConfigError, TrainConfig, recipe, resolve
+from simsiam.config import ConfigError, TrainConfig, cpu_has_bf16_units, recipe, resolve
 
 
 def test_cifar10_recipe_is_the_papers_appendix_d():
@@ -27,7 +27,8 @@ def test_auto_fields_follow_image_size_and_device():
     large = resolve(TrainConfig(), image_size=224, on_gpu=False)
     assert small.model.small_images and small.model.proj_layers == 2 and small.optim.weight_decay == 5e-4
     assert not large.model.small_images and large.model.proj_layers == 3 and large.augment.blur_p == 0.5
-    assert small.precision == "32-true" and not small.compile
+    assert not small.compile
+    assert small.precision == ("bf16-mixed" if cpu_has_bf16_units() else "32-true")
 
 
 def test_unknown_keys_and_wrong_types_name_the_key():

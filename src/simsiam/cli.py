@@ -45,7 +45,7 @@ TRAIN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--accelerator": ("accelerator", dict(choices=["auto", "cpu", "gpu"])),
     "--devices": ("devices", dict(type=lambda s: s if s == "auto" else int(s), help="processes per node (GPUs)")),
     "--num-nodes": ("num_nodes", dict(type=int)),
-    "--precision": ("precision", dict(help="Lightning precision, e.g. bf16-mixed, 16-mixed, 32-true")),
+    "--precision": ("precision", dict(help="Lightning precision, e.g. bf16-mixed, 16-mixed, 32-true (default: bf16-mixed on GPU and on CPUs with AMX)")),
     "--compile": ("compile", dict(action=argparse.BooleanOptionalAction, help="torch.compile the step (default: on GPU)")),
     "--channels-last": ("channels_last", dict(action=argparse.BooleanOptionalAction)),
     "--no-sync-batchnorm": ("sync_batchnorm", dict(action="store_false", help="plain BN per process under DDP")),

@@ -84,9 +84,9 @@ class TrainConfig:
     accelerator: str = "auto"  # auto | cpu | gpu
     devices: int | str = "auto"
     num_nodes: int = 1
-    precision: str | None = None  # auto: bf16-mixed on GPU, 32-true on CPU
+    precision: str | None = None  # auto: bf16-mixed on GPU and on CPUs with bf16 matrix units, else 32-true
     compile: bool | None = None  # auto: on for GPU
-    channels_last: bool | None = None  # auto: on for GPU
+    channels_last: bool | None = None  # auto: on for GPU, and for CPU where torch has oneDNN
     sync_batchnorm: bool = True  # used when more than one process runs
     log_every: int = 50  # steps between reads of the loss (each read is a host-device sync)
     checkpoint_every: int = 1  # epochs between saves of checkpoints/last.ckpt (and at the end)
@@ -168,11 +168,29 @@ def resolve(cfg: TrainConfig, image_size: int, on_gpu: bool) -> TrainConfig:
     a.blur_p = (0.0 if small else 0.5) if a.blur_p is None else a.blur_p
     o.base_lr = (0.03 if small else 0.05) if o.base_lr is None else o.base_lr
     o.weight_decay = (5e-4 if small else 1e-4) if o.weight_decay is None else o.weight_decay
-    cfg.precision = cfg.precision or ("bf16-mixed" if on_gpu else "32-true")
+    cfg.precision = cfg.precision or ("bf16-mixed" if on_gpu or cpu_has_bf16_units() else "32-true")
     cfg.compile = on_gpu if cfg.compile is None else cfg.compile
-    cfg.channels_last = on_gpu if cfg.channels_last is None else cfg.channels_last
+    if cfg.channels_last is None:
+        import torch
+
+        cfg.channels_last = on_gpu or torch.backends.mkldnn.is_available()
     validate(cfg)
     return cfg
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX).
+
+    There bf16 autocast trains a CIFAR ResNet-18 2.3x faster than float32 (README,
+    "Speed"). Without it bf16 may be emulated in software, so float32 stays the default there.
+    """
+    import torch
+
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, hence the guard
+    try:
+        return bool(probe and probe())
+    except RuntimeError:
+        return False
 
 
 def validate(cfg: TrainConfig) -> None:
