@@ -1,6 +1,8 @@
+import pytest
 import torch
 
 from simsiam import PredictionHead, ProjectionHead, SimSiam, simsiam_loss
+from simsiam.config import cpu_bf16_trains, cpu_has_bf16_units
 
 
 def tiny_model(**kwargs):
@@ -73,3 +75,27 @@ def test_small_image_stem_keeps_resolution():
     assert model.backbone.conv1.kernel_size == (3, 3) and model.backbone.conv1.stride == (1, 1)
     assert isinstance(model.backbone.maxpool, torch.nn.Identity)
     assert model.features(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+
+
+@pytest.mark.skipif(not cpu_has_bf16_units(), reason="the CPU has no bf16 matrix units, so CPU training stays float32")
+@pytest.mark.parametrize("small_images, size", [(False, 24), (False, 32), (True, 8)])
+def test_cpu_bf16_gradients_are_finite_and_reproducible_where_bf16_is_the_default(small_images, size):
+    # The smallest sizes at which config.resolve picks bf16 on a CPU; one size below,
+    # layer4's first convolution sees a 1x1 input and oneDNN's bf16 weight gradient of
+    # it is garbage. Here the same step, repeated, must give the very same gradients.
+    assert cpu_bf16_trains(size, small_images) and not cpu_bf16_trains(23, small_images=False)
+    torch.manual_seed(0)
+    model = SimSiam("resnet10-slim", small_images=small_images, proj_dim=32, proj_layers=2, pred_hidden_dim=8)
+    model = model.to(memory_format=torch.channels_last)
+    x1, x2 = (torch.randn(8, 3, size, size).contiguous(memory_format=torch.channels_last) for _ in range(2))
+
+    def gradients():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            simsiam_loss(*model(x1, x2)).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    first = gradients()
+    assert all(torch.isfinite(g).all() for g in first)
+    for _ in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(first, gradients()))

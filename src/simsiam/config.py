@@ -168,7 +168,7 @@ def resolve(cfg: TrainConfig, image_size: int, on_gpu: bool) -> TrainConfig:
     a.blur_p = (0.0 if small else 0.5) if a.blur_p is None else a.blur_p
     o.base_lr = (0.03 if small else 0.05) if o.base_lr is None else o.base_lr
     o.weight_decay = (5e-4 if small else 1e-4) if o.weight_decay is None else o.weight_decay
-    cfg.precision = cfg.precision or ("bf16-mixed" if on_gpu or cpu_has_bf16_units() else "32-true")
+    cfg.precision = cfg.precision or ("bf16-mixed" if on_gpu or cpu_bf16_trains(image_size, bool(m.small_images)) else "32-true")
     cfg.compile = on_gpu if cfg.compile is None else cfg.compile
     if cfg.channels_last is None:
         import torch
@@ -191,6 +191,20 @@ def cpu_has_bf16_units() -> bool:
         return bool(probe and probe())
     except RuntimeError:
         return False
+
+
+def cpu_bf16_trains(image_size: int, small_images: bool) -> bool:
+    """Whether CPU training defaults to bf16 autocast: bf16 matrix units, and no 1x1 input to layer4.
+
+    oneDNN's bf16 weight gradient of a stride-2 3x3 convolution whose input is 1x1
+    is garbage, now and then NaN (at 16 px with the ImageNet stem, identical steps gave
+    different gradients in that layer, some NaN), and that is the
+    first convolution of layer4 when the backbone downsamples the image to 1x1 before
+    it: below 24 px with the ImageNet stem (16x down), below 8 px with the small-image
+    stem (4x down, and 8 px is the smallest size allowed). Sizes from 2x2 up train
+    bit for bit reproducibly.
+    """
+    return cpu_has_bf16_units() and image_size >= (8 if small_images else 24)
 
 
 def validate(cfg: TrainConfig) -> None:

@@ -51,7 +51,11 @@ def extract_features(
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="extracting features", unit="batch")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    # bf16 where it is fast (as in training): on a GPU, and on a CPU with bf16 matrix units.
+    from .config import cpu_has_bf16_units
+
+    bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_units())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     try:
         for start in batches:
             x = normalize_images(images[start : start + batch_size].to(device, non_blocking=True))
