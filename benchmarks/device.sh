@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU checks, as one prepared script for a GPU machine (about 6 minutes for
-# "checks", 7 for "cifar200"). Results land in $OUT (default ./device-out).
+# The GPU checks, as one prepared script for a GPU machine (about 9 minutes for
+# "checks", 9 for "cifar200", 1 for "ddp"). Results land in $OUT (default ./device-out).
 #
-#   benchmarks/device.sh checks     # CUDA tests, throughput table, GPU decoding, DDP + SyncBN
-#   benchmarks/device.sh cifar200   # the 200-epoch CIFAR-10 run of the cifar10 recipe
+#   benchmarks/device.sh checks     # CUDA tests, throughput table with the candidate rows, GPU decoding
+#   benchmarks/device.sh cifar200   # the 200-epoch CIFAR-10 run of the cifar10 recipe (EXTRA="--set ..." for options)
+#   benchmarks/device.sh ddp        # DDP + SyncBatchNorm, two processes on the one GPU
 #
 # Data: .devdata/cifar10.tar.gz (train/ and val/ JPEG folders; make it with
 #   (cd ../shared/data/cifar10 && tar -cf - train val | gzip -1) > .devdata/cifar10.tar.gz)
@@ -29,8 +30,10 @@ python3 -c "import torch, torchvision, lightning; print('torch', torch.__version
 case "${1:-checks}" in
 checks)
     python3 -m pytest -q -p no:cacheprovider tests/test_augment.py tests/test_model.py 2>&1 | tail -3 | tee "$OUT/pytest.log"
-    timeout 330 python3 benchmarks/throughput.py gpu --data /tmp/cifar10/train --json "$OUT/throughput.json" 2>&1 | grep -v Warning | tee "$OUT/throughput.log"
+    timeout 450 python3 benchmarks/throughput.py gpu --data /tmp/cifar10/train --json "$OUT/throughput.json" 2>&1 | grep -v Warning | tee "$OUT/throughput.log"
     timeout 60 python3 benchmarks/throughput.py decode --count 4000 2>&1 | tee "$OUT/decode.log"
+    ;;
+ddp)
     timeout 90 python3 benchmarks/ddp_gpu_check.py 2>&1 | tail -15 | tee "$OUT/ddp.log"
     ;;
 cifar200)

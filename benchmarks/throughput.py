@@ -49,7 +49,7 @@ def _table(rows: list[tuple[str, float]], reference: str) -> str:
 # -- (a) this project, end to end -------------------------------------------------------------
 
 
-def ours_end_to_end(data: str, batch: int, epochs: int, compile_: bool, out: Path) -> dict:
+def ours_end_to_end(data: str, batch: int, epochs: int, compile_: bool, out: Path, **options) -> dict:
     """The real `simsiam train` path (Lightning Trainer, GPU cache, augmentation, logging, checkpoints).
 
     Figures are the images/s of metrics.csv (epoch start to epoch end: data,
@@ -67,6 +67,7 @@ def ours_end_to_end(data: str, batch: int, epochs: int, compile_: bool, out: Pat
             batch_size=batch,
             knn_every=0,
             compile=compile_,
+            **options,
             model=dict(backbone="resnet18", small_images=True, proj_dim=2048, proj_layers=2, pred_hidden_dim=512),
             optim=dict(base_lr=0.03, weight_decay=5e-4),
         )
@@ -225,7 +226,7 @@ def gpu(args) -> None:
         ("compiled augmentation + compiled step, plain loop", dict(augment=True, compile_augment=True)),
         ("compiled augmentation + step with CUDA graphs, plain loop", dict(augment=True, compile_augment=True, mode="reduce-overhead")),
     ]
-    for label, options in candidates if device.type == "cuda" and not args.no_compile else []:
+    for label, options in candidates if device.type == "cuda" and not args.no_compile and not args.no_candidates else []:
         t = time.perf_counter()
         try:
             rate = model_step_alone(args.batch_size, args.steps, device, True, True, True, **options)
@@ -236,6 +237,23 @@ def gpu(args) -> None:
         print(f"  {label}: {rows[-1][1]:,.0f} ({time.perf_counter() - t:.0f} s)", flush=True)
     rows.append(("augmentation alone (both views)", augment_alone(args.batch_size, args.steps, device)))
     print(f"  {rows[-1][0]}: {rows[-1][1]:,.0f}", flush=True)
+    # The same candidates end to end (--compile-mode, --compile-augment; off by default
+    # until a GPU run shows they pay).
+    e2e = [
+        ("simsiam end to end, --compile-augment", dict(compile_augment=True)),
+        ("simsiam end to end, --compile-augment --compile-mode reduce-overhead", dict(compile_augment=True, compile_mode="reduce-overhead")),
+    ]
+    for label, options in e2e if device.type == "cuda" and not args.no_compile and not args.no_candidates else []:
+        t = time.perf_counter()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                result = ours_end_to_end(args.data, args.batch_size, args.epochs, True, Path(tmp) / "run", **options)
+        except Exception as e:  # a diagnostic row: report it and go on
+            print(f"  {label}: failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})", flush=True)
+            continue
+        rows.append((label, result["images_per_s"]))
+        extra[label] = result
+        print(f"  {label}: {result} ({time.perf_counter() - t:.0f} s)", flush=True)
     for workers in args.lightly_workers:
         try:
             t = time.perf_counter()
@@ -364,6 +382,7 @@ def main() -> None:
     g.add_argument("--steps", type=int, default=100, help="timed steps of the model-alone and lightly rows")
     g.add_argument("--lightly-workers", type=int, nargs="*", default=[8, 16])
     g.add_argument("--no-compile", action="store_true")
+    g.add_argument("--no-candidates", action="store_true", help="skip the CUDA-graph and compiled-augmentation rows")
     g.add_argument("--json")
     a = sub.add_parser("augment")
     a.add_argument("--data", required=True)

@@ -94,3 +94,14 @@ def test_cpu_subset_path_equals_the_gpu_where_path():
     subset = _where_samples(mask, lambda i: _shift_hue(x[i], shift[i]), x.clone())
     everywhere = torch.where(mask[:, None, None, None], _shift_hue(x, shift), x)
     assert torch.allclose(subset, everywhere, atol=1e-6)
+
+
+def test_compiled_rendering_equals_the_eager_one():
+    # --compile-augment: the same parameters give the same views, to the float rounding
+    # of fused kernels, call after call.
+    aug = Augment(size=16, blur_p=0.5, solarize_p=0.2, seed=0)
+    images = torch.randint(0, 256, (12, 3, 20, 20), dtype=torch.uint8)
+    render = torch.compile(aug.apply)
+    for _ in range(2):
+        params = aug.sample(12, 20, 20)
+        assert torch.allclose(render(images, params), aug.apply(images, params), atol=1e-4)

@@ -304,6 +304,7 @@ BAD_OPTIONS = {
     "negative lr": (lambda t: ["--lr", "-0.1"], "--lr: must be positive"),
     "negative seed": (lambda t: ["--seed", "-1"], "--seed: must be in"),
     "bad precision": (lambda t: ["--precision", "fp7"], "--precision: must be one of"),
+    "bad compile mode": (lambda t: ["--compile-mode", "fastest"], "--compile-mode: must be one of default, reduce-overhead"),
     "bad hue": (lambda t: ["--config", _yaml(t, "augment: {hue: 0.9}\n")], "augment.hue: must be in [0, 0.5]"),
     "bad ratio": (lambda t: ["--config", _yaml(t, "augment: {ratio: [2, 1]}\n")], "augment.ratio: need 0 < ratio[0] <= ratio[1]"),
     "unknown backbone": (lambda t: ["--backbone", "vgg11"], "--backbone: unknown backbone 'vgg11'"),

@@ -277,9 +277,10 @@ def _where_samples(mask: torch.Tensor, fn, x: torch.Tensor) -> torch.Tensor:
     On a CPU only the selected samples are computed (a hue shift costs as much as
     the rest of the pipeline); on a GPU every sample is computed and selected with
     torch.where, since picking the samples out (nonzero) would make the host wait
-    for the GPU.
+    for the GPU. Under torch.compile it is torch.where too: one fused graph with no
+    shapes that depend on the data.
     """
-    if x.device.type == "cuda":
+    if x.device.type == "cuda" or torch.compiler.is_compiling():  # compiled: one fused graph, no data-dependent shapes
         return torch.where(mask[:, None, None, None], fn(slice(None)), x)
     index = mask.nonzero().squeeze(1)
     if len(index):

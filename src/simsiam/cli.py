@@ -47,6 +47,8 @@ TRAIN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--num-nodes": ("num_nodes", dict(type=int)),
     "--precision": ("precision", dict(help="Lightning precision, e.g. bf16-mixed, 16-mixed, 32-true (default: bf16-mixed on GPU and on CPUs with AMX)")),
     "--compile": ("compile", dict(action=argparse.BooleanOptionalAction, help="torch.compile the step (default: on GPU)")),
+    "--compile-mode": ("compile_mode", dict(help="torch.compile mode of the step: default, reduce-overhead (CUDA graphs), max-autotune")),
+    "--compile-augment": ("compile_augment", dict(action=argparse.BooleanOptionalAction, help="also torch.compile the augmentation")),
     "--channels-last": ("channels_last", dict(action=argparse.BooleanOptionalAction)),
     "--no-sync-batchnorm": ("sync_batchnorm", dict(action="store_false", help="plain BN per process under DDP")),
     "--checkpoint-every": ("checkpoint_every", dict(type=int, metavar="N", help="save checkpoints/last.ckpt every N epochs (and at the end)")),

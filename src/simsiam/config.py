@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 # Lightning's precision names that make sense for training here.
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64", "transformer-engine")
 
@@ -86,6 +88,8 @@ class TrainConfig:
     num_nodes: int = 1
     precision: str | None = None  # auto: bf16-mixed on GPU and on CPUs with bf16 matrix units, else 32-true
     compile: bool | None = None  # auto: on for GPU
+    compile_mode: str = "default"  # torch.compile mode of the step; "reduce-overhead" replays it as CUDA graphs
+    compile_augment: bool = False  # also compile the rendering of the views (fuses its ~140 small kernels)
     channels_last: bool | None = None  # auto: on for GPU, and for CPU where torch has oneDNN
     sync_batchnorm: bool = True  # used when more than one process runs
     log_every: int = 50  # steps between reads of the loss (each read is a host-device sync)
@@ -231,6 +235,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.model.proj_hidden_dim is None or cfg.model.proj_hidden_dim >= 1, "model.proj_hidden_dim", f"must be positive, got {cfg.model.proj_hidden_dim}"),
         (cfg.model.pred_hidden_dim is None or cfg.model.pred_hidden_dim >= 1, "--pred-hidden-dim", f"must be positive, got {cfg.model.pred_hidden_dim}"),
         (0 <= cfg.seed < 2**32, "--seed", f"must be in [0, 2**32), got {cfg.seed}"),
+        (cfg.compile_mode in COMPILE_MODES, "--compile-mode", f"must be one of {', '.join(COMPILE_MODES)}, got {cfg.compile_mode!r}"),
         (cfg.precision is None or str(cfg.precision) in PRECISIONS, "--precision", f"must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"),
         (cfg.optim.loss in LOSSES, "--loss", f"unknown loss {cfg.optim.loss!r}; choose one of {', '.join(LOSSES)}"),
         (cfg.optim.base_lr is None or cfg.optim.base_lr > 0, "--lr", f"must be positive, got {cfg.optim.base_lr}"),

@@ -181,6 +181,8 @@ class SimSiamModule(L.LightningModule):
         self.rows: list[dict[str, Any]] = []  # one per finished epoch
         self.run_dir: Path | None = None  # where metrics.csv goes (rank 0 writes it)
         self._step_fn = self._compute  # replaced by its compiled version on fit start
+        self._render = self.augment.apply  # likewise, with --compile-augment
+        self._cudagraphs = False  # the compiled step replays CUDA graphs (--compile-mode reduce-overhead)
         self._sums: torch.Tensor | None = None  # (loss, z_std, steps) summed on the device
         self._epoch_start = time.perf_counter()
         self._resumed_seconds = 0.0  # time already spent in an epoch that a checkpoint stopped mid-way
@@ -233,6 +235,8 @@ class SimSiamModule(L.LightningModule):
         return loss, z_std(z1.detach())
 
     def training_step(self, index: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        if self._cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer needed
         images = self.train_images
         x = images[index.to(images.device)].to(self.device, non_blocking=True)  # (B, 3, S, S) uint8
         # Augmentation in float32 whatever the training precision (autocast would run the
@@ -240,7 +244,10 @@ class SimSiamModule(L.LightningModule):
         with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
             # Both views in one call: 2B samples, each with its own random parameters, at half
             # the kernel launches of two calls (launches add up when the GPU step is short).
-            x1, x2 = self.augment(torch.cat([x, x])).chunk(2)  # (B, 3, s, s) each
+            # The parameters are drawn eagerly; only the rendering may be compiled.
+            both = torch.cat([x, x])
+            params = self.augment.sample(both.shape[0], both.shape[2], both.shape[3], both.device)
+            x1, x2 = self._render(both, params).chunk(2)  # (B, 3, s, s) each
         if self.cfg.channels_last:
             x1 = x1.contiguous(memory_format=torch.channels_last)
             x2 = x2.contiguous(memory_format=torch.channels_last)
@@ -299,7 +306,11 @@ class SimSiamModule(L.LightningModule):
             # process's batch would get the same crop, flip and colour parameters.
             torch.manual_seed(self.cfg.seed + self.trainer.global_rank)
         if self.cfg.compile:
-            self._step_fn = torch.compile(self._compute)
+            mode = None if self.cfg.compile_mode == "default" else self.cfg.compile_mode
+            self._step_fn = torch.compile(self._compute, mode=mode)
+            self._cudagraphs = self.device.type == "cuda" and self.cfg.compile_mode == "reduce-overhead"
+        if self.cfg.compile_augment:
+            self._render = torch.compile(self.augment.apply)
         if self.knn_init is None and self.bank is not None and self.cfg.knn_every:
             self.knn_init = self.online_knn()
             self.print(f"kNN top-1 of the backbone at random init: {self.knn_init:.4f}")

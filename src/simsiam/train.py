@@ -51,7 +51,8 @@ def summary(module: SimSiamModule, wall_seconds: float) -> dict[str, Any]:
 
 # Options a resumed run may change; everything else comes from the run's own config.
 RESUMABLE_OVERRIDES = (
-    "epochs", "accelerator", "devices", "num_nodes", "compile", "log_every", "knn_every", "precision", "strict", "checkpoint_every",
+    "epochs", "accelerator", "devices", "num_nodes", "compile", "compile_mode", "compile_augment", "log_every", "knn_every",
+    "precision", "strict", "checkpoint_every",
 )  # fmt: skip
 
 
