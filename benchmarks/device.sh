@@ -5,6 +5,8 @@
 #   benchmarks/device.sh checks     # CUDA tests, throughput table with the candidate rows, GPU decoding
 #   benchmarks/device.sh cifar200   # the 200-epoch CIFAR-10 run of the cifar10 recipe (EXTRA="--set ..." for options)
 #   benchmarks/device.sh ddp        # DDP + SyncBatchNorm, two processes on the one GPU
+#   benchmarks/device.sh sweep "--lr 0.06" "--batch-size 256"   # cifar10 recipe variants, side by side
+#       on the one GPU (EPOCHS, default 100; LIMIT seconds, default 560): tuning on val in one call
 #
 # Data: .devdata/cifar10.tar.gz (train/ and val/ JPEG folders; make it with
 #   (cd ../shared/data/cifar10 && tar -cf - train val | gzip -1) > .devdata/cifar10.tar.gz)
@@ -32,6 +34,27 @@ checks)
     python3 -m pytest -q -p no:cacheprovider tests/test_augment.py tests/test_model.py 2>&1 | tail -3 | tee "$OUT/pytest.log"
     timeout 450 python3 benchmarks/throughput.py gpu --data /tmp/cifar10/train --json "$OUT/throughput.json" 2>&1 | grep -v Warning | tee "$OUT/throughput.log"
     timeout 60 python3 benchmarks/throughput.py decode --count 4000 2>&1 | tee "$OUT/decode.log"
+    ;;
+sweep)
+    shift
+    # Decode the cache once, so the runs do not all build it at the same time.
+    python3 -c "from simsiam.data import load; load('/tmp/cifar10/train', progress=False); load('/tmp/cifar10/val', progress=False)"
+    pids=()
+    i=0
+    for options in "$@"; do
+        i=$((i + 1))
+        echo "run $i: $options"
+        # shellcheck disable=SC2086  # each argument is a list of options
+        timeout "${LIMIT:-560}" python3 benchmarks/cifar10.py --train /tmp/cifar10/train --val /tmp/cifar10/val --epochs "${EPOCHS:-100}" \
+            --knn-every 10 --out "/tmp/sweep$i" --results "$OUT/sweep$i.md" $options > "$OUT/sweep$i.log" 2>&1 &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    for j in $(seq 1 $i); do
+        echo "== run $j: ${!j}"
+        grep -E "epoch [0-9]*0/|rror|^\|" "$OUT/sweep$j.log" | tail -12
+        cp "/tmp/sweep$j/metrics.csv" "$OUT/sweep$j-metrics.csv" 2>/dev/null
+    done
     ;;
 ddp)
     timeout 90 python3 benchmarks/ddp_gpu_check.py 2>&1 | tail -15 | tee "$OUT/ddp.log"
