@@ -280,7 +280,7 @@ def _where_samples(mask: torch.Tensor, fn, x: torch.Tensor) -> torch.Tensor:
     for the GPU. Under torch.compile it is torch.where too: one fused graph with no
     shapes that depend on the data.
     """
-    if x.device.type == "cuda" or torch.compiler.is_compiling():  # compiled: one fused graph, no data-dependent shapes
+    if x.device.type == "cuda" or torch.compiler.is_compiling():
         return torch.where(mask[:, None, None, None], fn(slice(None)), x)
     index = mask.nonzero().squeeze(1)
     if len(index):
