@@ -4,7 +4,7 @@ alone, and lightly's SimSiam recipe; plus the CPU augmentation rate and GPU JPEG
     python benchmarks/throughput.py gpu     --data DIR   # (a) ours end to end, (b) model step alone, (c) lightly
     python benchmarks/throughput.py augment --data DIR   # CPU: Augment vs lightly's SimSiamTransform, 2 workers
     python benchmarks/throughput.py decode               # GPU vs CPU decoding of a synthetic folder of 256x256 JPEGs
-    python benchmarks/throughput.py cpu                  # CPU training step: float32 vs channels_last vs bf16
+    python benchmarks/throughput.py cpu [--data DIR]     # CPU: the step in float32 / channels_last / bf16; end to end vs lightly
 
 The setting is the issue's: CIFAR ResNet-18 (small-image stem), 2-layer 2048-d
 projector, 512-d predictor hidden layer, batch 512, SGD. Each figure is images/s
@@ -48,8 +48,14 @@ def _table(rows: list[tuple[str, float]], reference: str) -> str:
 
 # -- (a) this project, end to end -------------------------------------------------------------
 
+# The issue's setting: CIFAR ResNet-18, 2-layer 2048-d projector, 512-d predictor hidden layer.
+CIFAR_RESNET18 = dict(backbone="resnet18", small_images=True, proj_dim=2048, proj_layers=2, pred_hidden_dim=512)
+# The demo recipe's network, which a CPU trains in minutes.
+DEMO_NET = dict(backbone="resnet10-slim", small_images=False, proj_dim=512, proj_layers=2, pred_hidden_dim=128)
 
-def ours_end_to_end(data: str, batch: int, epochs: int, compile_: bool, out: Path, **options) -> dict:
+
+
+def ours_end_to_end(data: str, batch: int, epochs: int, compile_: bool, out: Path, model: dict = CIFAR_RESNET18, **options) -> dict:
     """The real `simsiam train` path (Lightning Trainer, GPU cache, augmentation, logging, checkpoints).
 
     Figures are the images/s of metrics.csv (epoch start to epoch end: data,
@@ -68,7 +74,7 @@ def ours_end_to_end(data: str, batch: int, epochs: int, compile_: bool, out: Pat
             knn_every=0,
             compile=compile_,
             **options,
-            model=dict(backbone="resnet18", small_images=True, proj_dim=2048, proj_layers=2, pred_hidden_dim=512),
+            model=model,
             optim=dict(base_lr=0.03, weight_decay=5e-4),
         )
     )
@@ -106,7 +112,7 @@ def model_step_alone(
     random parameters are still drawn eagerly), which fuses its ~140 small kernels.
     """
     torch.manual_seed(0)
-    model = SimSiam("resnet18", small_images=True, proj_dim=2048, proj_layers=2, pred_hidden_dim=512).to(device)
+    model = SimSiam(**CIFAR_RESNET18).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4, fused=device.type == "cuda" or None)
@@ -158,7 +164,7 @@ def augment_alone(batch: int, steps: int, device: torch.device) -> float:
 # -- (c) lightly's recipe -----------------------------------------------------------------------
 
 
-def lightly_recipe(data: str, batch: int, steps: int, workers: int, device: torch.device) -> float:
+def lightly_recipe(data: str, batch: int, steps: int, workers: int, device: torch.device, model: dict = CIFAR_RESNET18) -> float:
     """lightly 1.6's SimSiam recipe: PIL decode + SimSiamTransform in DataLoader workers, fp32 model step."""
     os.environ.setdefault("LIGHTLY_DID_VERSION_CHECK", "True")
     from lightly.data import LightlyDataset
@@ -172,9 +178,9 @@ def lightly_recipe(data: str, batch: int, steps: int, workers: int, device: torc
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, persistent_workers=workers > 0, pin_memory=True
     )
-    backbone, dim = build_backbone("resnet18", small_images=True)
-    projector = SimSiamProjectionHead(dim, 2048, 2048)
-    predictor = SimSiamPredictionHead(2048, 512, 2048)
+    backbone, dim = build_backbone(model["backbone"], small_images=model["small_images"])
+    projector = SimSiamProjectionHead(dim, model["proj_dim"], model["proj_dim"])
+    predictor = SimSiamPredictionHead(model["proj_dim"], model["pred_hidden_dim"], model["proj_dim"])
     modules = torch.nn.ModuleList([backbone, projector, predictor]).to(device)
     criterion = NegativeCosineSimilarity()
     opt = torch.optim.SGD(modules.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
@@ -319,15 +325,15 @@ def cpu(args) -> None:
     torch.set_num_threads(args.threads)
     print(f"{os.cpu_count()} CPU cores, {args.threads} threads; bf16 matrix units (AMX): {cpu_has_bf16_units()}\n")
     settings = [
-        ("CIFAR ResNet-18 (cifar10 recipe)", dict(backbone="resnet18", small_images=True, proj_dim=2048, pred_hidden_dim=512), 64),
-        ("resnet10-slim (demo recipe)", dict(backbone="resnet10-slim", small_images=False, proj_dim=512, pred_hidden_dim=128), 128),
+        ("CIFAR ResNet-18 (cifar10 recipe)", CIFAR_RESNET18, 64),
+        ("resnet10-slim (demo recipe)", DEMO_NET, 128),
     ]
     for name, arch, batch in settings:
         rows = []
         for label, bf16, channels_last in [("float32", False, False), ("float32, channels_last", False, True), ("bf16 autocast, channels_last", True, True)]:
             torch.manual_seed(0)
             fmt = torch.channels_last if channels_last else torch.contiguous_format
-            model = SimSiam(proj_layers=2, **arch).to(memory_format=fmt)
+            model = SimSiam(**arch).to(memory_format=fmt)
             opt = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
             x1, x2 = (torch.randn(batch, 3, 32, 32).contiguous(memory_format=fmt) for _ in range(2))
             for i in range(1 + args.steps):
@@ -342,6 +348,20 @@ def cpu(args) -> None:
             rows.append((label, args.steps * batch / (time.perf_counter() - start)))
         print(f"{name}, batch {batch}, 32x32 images")
         print(_table(rows, reference="float32") + "\n")
+    if args.data:
+        # End to end on the CPU, the demo recipe's network: `simsiam train`'s path with its
+        # CPU defaults against lightly's recipe (PIL transforms in DataLoader workers, float32).
+        cpu_device = torch.device("cpu")
+        with tempfile.TemporaryDirectory() as tmp:
+            ours = ours_end_to_end(args.data, 128, 3, False, Path(tmp) / "run", model=DEMO_NET, accelerator="cpu")
+        rows = [("simsiam end to end (defaults; median of epochs 2-3)", ours["images_per_s"])]
+        try:
+            rate = lightly_recipe(args.data, 128, args.lightly_steps, args.threads, cpu_device, model=DEMO_NET)
+            rows.append((f"lightly 1.6 recipe, {args.threads} DataLoader workers, float32", rate))
+        except ImportError as e:
+            print(f"lightly not installed ({e}); its row is skipped")
+        print(f"end to end, resnet10-slim (demo recipe network), batch 128, {args.data}")
+        print(_table(rows, reference=rows[-1][0]))
 
 
 def decode(args) -> None:
@@ -394,7 +414,9 @@ def main() -> None:
     d.add_argument("--count", type=int, default=4000)
     c = sub.add_parser("cpu")
     c.add_argument("--steps", type=int, default=4)
-    c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--threads", type=int, default=2, help="torch threads, and lightly's DataLoader workers")
+    c.add_argument("--data", help="an image folder for the end-to-end rows (ours vs lightly); none: step rows only")
+    c.add_argument("--lightly-steps", type=int, default=60)
     args = parser.parse_args()
     {"gpu": gpu, "augment": augment, "decode": decode, "cpu": cpu}[args.mode](args)
 
