@@ -305,6 +305,7 @@ BAD_OPTIONS = {
     "negative seed": (lambda t: ["--seed", "-1"], "--seed: must be in"),
     "bad precision": (lambda t: ["--precision", "fp7"], "--precision: must be one of"),
     "bad compile mode": (lambda t: ["--compile-mode", "fastest"], "--compile-mode: must be one of default, reduce-overhead"),
+    "compile mode without compile": (lambda t: ["--compile-mode", "reduce-overhead", "--no-compile"], "--compile-mode: applies to the compiled step"),
     "bad hue": (lambda t: ["--config", _yaml(t, "augment: {hue: 0.9}\n")], "augment.hue: must be in [0, 0.5]"),
     "bad ratio": (lambda t: ["--config", _yaml(t, "augment: {ratio: [2, 1]}\n")], "augment.ratio: need 0 < ratio[0] <= ratio[1]"),
     "unknown backbone": (lambda t: ["--backbone", "vgg11"], "--backbone: unknown backbone 'vgg11'"),

@@ -236,6 +236,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.model.pred_hidden_dim is None or cfg.model.pred_hidden_dim >= 1, "--pred-hidden-dim", f"must be positive, got {cfg.model.pred_hidden_dim}"),
         (0 <= cfg.seed < 2**32, "--seed", f"must be in [0, 2**32), got {cfg.seed}"),
         (cfg.compile_mode in COMPILE_MODES, "--compile-mode", f"must be one of {', '.join(COMPILE_MODES)}, got {cfg.compile_mode!r}"),
+        (cfg.compile_mode == "default" or cfg.compile is not False, "--compile-mode", "applies to the compiled step; add --compile (on by default only on a GPU)"),
         (cfg.precision is None or str(cfg.precision) in PRECISIONS, "--precision", f"must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"),
         (cfg.optim.loss in LOSSES, "--loss", f"unknown loss {cfg.optim.loss!r}; choose one of {', '.join(LOSSES)}"),
         (cfg.optim.base_lr is None or cfg.optim.base_lr > 0, "--lr", f"must be positive, got {cfg.optim.base_lr}"),
