@@ -200,13 +200,13 @@ def cpu_has_bf16_units() -> bool:
 def cpu_bf16_trains(image_size: int, small_images: bool) -> bool:
     """Whether CPU training defaults to bf16 autocast: bf16 matrix units, and no 1x1 input to layer4.
 
-    oneDNN's bf16 weight gradient of a stride-2 3x3 convolution whose input is 1x1
-    is garbage, now and then NaN (at 16 px with the ImageNet stem, identical steps gave
-    different gradients in that layer, some NaN), and that is the
-    first convolution of layer4 when the backbone downsamples the image to 1x1 before
-    it: below 24 px with the ImageNet stem (16x down), below 8 px with the small-image
-    stem (4x down, and 8 px is the smallest size allowed). Sizes from 2x2 up train
-    bit for bit reproducibly.
+    oneDNN's bf16 weight gradient of a stride-2 3x3 convolution with a 1x1 input is
+    garbage: at 16 px with the ImageNet stem, identical steps gave different
+    gradients for layer4's first convolution, some of them NaN. layer4 gets a 1x1
+    input below 24 px with the ImageNet stem (16x downsampling before it); with the
+    small-image stem (4x) it never does, since 8 px is the smallest size allowed.
+    From a 2x2 input up the gradients are finite and bit for bit reproducible
+    (tests/test_model.py).
     """
     return cpu_has_bf16_units() and image_size >= (8 if small_images else 24)
 
