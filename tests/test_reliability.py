@@ -34,7 +34,7 @@ from PIL import Image
 
 import simsiam
 from simsiam import Augment, engine
-from simsiam.atomic import atomic_write, partial_path
+from simsiam.io import atomic_write, partial_path
 from simsiam.checkpoint import read_checkpoint
 from simsiam.cli import main
 
@@ -300,7 +300,7 @@ def _full_disk_then_resume(env, reference, out: Path, resume_in: Path) -> None:
 
 def test_full_disk_during_a_save_keeps_the_previous_checkpoint(env, reference, tmp_path, monkeypatch):
     """ENOSPC at the write itself: the second checkpoint gets 1 kB onto the disk, then the disk is full."""
-    import simsiam.atomic
+    import simsiam.io
 
     opened = []
 
@@ -312,7 +312,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(env, reference, t
                 return _FullDisk(f, room=1024)
         return f
 
-    monkeypatch.setattr(simsiam.atomic, "open", open_on_a_filling_disk, raising=False)
+    monkeypatch.setattr(simsiam.io, "open", open_on_a_filling_disk, raising=False)
     _full_disk_then_resume(env, reference, tmp_path / "run", resume_in=tmp_path / "run")
 
 

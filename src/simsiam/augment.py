@@ -19,16 +19,55 @@ per image, which keeps the batch in one pass.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
+from .options import at_least, in_range, increasing_pair, option, probability, validate
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ROTATIONS = ("none", "90", "free")
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as torchvision's rgb_to_grayscale
+
+
+@dataclass
+class AugmentConfig:
+    """The view augmentations' options (the ``augment`` section of a run's config).
+
+    Probabilities are per view; strengths follow torchvision's ColorJitter.
+    """
+
+    min_scale: float = option(0.2, flag="--min-scale", check=in_range(0, 1, low_open=True), help="smallest crop area, as a fraction of the image")
+    max_scale: float = option(1.0, check=in_range(0, 1, low_open=True), help="largest crop area, as a fraction of the image")
+    ratio: tuple[float, float] = option((3 / 4, 4 / 3), check=increasing_pair(), help="range of the crop's aspect ratio")
+    hflip_p: float = option(0.5, check=probability, help="horizontal flip probability")
+    vflip_p: float = option(0.0, flag="--vflip", metavar="P", check=probability, help="vertical flip probability, for data with no canonical orientation")
+    rotate: str = option("none", flag="--rotate", choices=ROTATIONS, help="random rotation, for data with no canonical orientation")
+    jitter_p: float = option(0.8, check=probability, help="colour jitter probability")
+    brightness: float = option(0.4, check=at_least(0), help="brightness jitter strength")
+    contrast: float = option(0.4, check=at_least(0), help="contrast jitter strength")
+    saturation: float = option(0.4, check=at_least(0), help="saturation jitter strength")
+    hue: float = option(0.1, check=in_range(0, 0.5), help="hue jitter strength, in turns")
+    grayscale_p: float = option(0.2, check=probability, help="grayscale probability")
+    blur_p: float | None = option(
+        None, flag="--blur", metavar="P", check=probability, help="Gaussian blur probability (default: 0.5 above 64 px, 0 for small images)"
+    )
+    blur_sigma: tuple[float, float] = option((0.1, 2.0), check=increasing_pair(), help="range of the blur's sigma, in pixels")
+    solarize_p: float = option(0.0, flag="--solarize", metavar="P", check=probability, help="solarization probability")
+
+    def cross_checks(self):
+        if self.min_scale > self.max_scale:
+            yield "min_scale", f"must not exceed max_scale ({self.max_scale}), got {self.min_scale}"
+
+    def resolved(self, size: int) -> "AugmentConfig":
+        """blur_p filled: the paper blurs ImageNet views (p=0.5) and not CIFAR's, where sigma up to 2 px wipes out 32x32 content."""
+        return dataclasses.replace(self, blur_p=(0.5 if size > 64 else 0.0) if self.blur_p is None else self.blur_p)
+
 
 
 @dataclass
@@ -61,7 +100,8 @@ class Augment:
     >>> x1.shape, bool((x1 - x2).abs().sum() > 0)
     (torch.Size([8, 3, 32, 32]), True)
 
-    blur_p=None picks the paper's defaults: blur (p=0.5) for images over 64 px and
+    The options are the fields of :class:`AugmentConfig` (``min_scale``,
+    ``blur_p``, ``rotate``, ...). blur_p=None picks the paper's defaults: blur (p=0.5) for images over 64 px and
     none for small images, where a blur of sigma up to 2 px wipes out the content
     (the paper's CIFAR recipe has no blur). vflip and rotate ("90" or "free") are
     for data with no canonical orientation, such as satellite or microscopy images.
@@ -70,51 +110,22 @@ class Augment:
     def __init__(
         self,
         size: int = 224,
-        min_scale: float = 0.2,
-        max_scale: float = 1.0,
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        hflip_p: float = 0.5,
-        vflip_p: float = 0.0,
-        rotate: str = "none",
-        jitter_p: float = 0.8,
-        brightness: float = 0.4,
-        contrast: float = 0.4,
-        saturation: float = 0.4,
-        hue: float = 0.1,
-        grayscale_p: float = 0.2,
-        blur_p: float | None = None,
-        blur_sigma: tuple[float, float] = (0.1, 2.0),
-        solarize_p: float = 0.0,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
+        *,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
         seed: int | None = None,
+        **options,
     ):
         if size < 1:
-            raise ValueError(f"size must be positive, got {size}")
-        if not 0 < min_scale <= max_scale <= 1:
-            raise ValueError(f"need 0 < min_scale <= max_scale <= 1, got {min_scale}, {max_scale}")
-        if not 0 < ratio[0] <= ratio[1]:
-            raise ValueError(f"need 0 < ratio[0] <= ratio[1], got {ratio}")
-        if rotate not in ROTATIONS:
-            raise ValueError(f"rotate must be one of {', '.join(ROTATIONS)}, got {rotate!r}")
-        probabilities = dict(hflip_p=hflip_p, vflip_p=vflip_p, jitter_p=jitter_p, grayscale_p=grayscale_p, solarize_p=solarize_p)
-        for name, p in probabilities.items():
-            if not 0 <= p <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {p}")
-        if not 0 <= hue <= 0.5:
-            raise ValueError(f"hue must be in [0, 0.5], got {hue}")
+            raise ConfigError(f"must be positive, got {size}", key="size")
+        config = AugmentConfig(**options)
+        validate(config)
+        self.options = config.resolved(size)
+        for f in dataclasses.fields(self.options):  # self.min_scale, self.blur_p, ...
+            setattr(self, f.name, getattr(self.options, f.name))
         self.size = size
-        self.min_scale, self.max_scale, self.ratio = min_scale, max_scale, tuple(ratio)
-        self.hflip_p, self.vflip_p, self.rotate = hflip_p, vflip_p, rotate
-        self.jitter_p, self.brightness, self.contrast, self.saturation, self.hue = jitter_p, brightness, contrast, saturation, hue
-        self.grayscale_p = grayscale_p
-        self.blur_p = (0.5 if size > 64 else 0.0) if blur_p is None else blur_p
-        if not 0 <= self.blur_p <= 1:
-            raise ValueError(f"blur_p must be in [0, 1], got {blur_p}")
-        self.blur_sigma = tuple(blur_sigma)
         # SimCLR's kernel: about a tenth of the image side, odd.
         self.blur_kernel = max(3, 2 * int(0.05 * size) + 1)
-        self.solarize_p = solarize_p
         self.mean, self.std = tuple(mean), tuple(std)
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}

@@ -2,7 +2,7 @@
 
 Lightning writes checkpoints through a ``CheckpointIO`` plug-in; ours saves to a
 hidden temporary file beside the target and renames it into place (see
-:mod:`simsiam.atomic`), so ``last.ckpt`` is always a complete checkpoint: a
+:mod:`simsiam.io`), so ``last.ckpt`` is always a complete checkpoint: a
 kill during a save leaves the previous one, and a full disk raises
 :class:`CheckpointError` with the previous one still there.
 
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .atomic import atomic_write
+from .io import atomic_write
 
 
 class CheckpointError(RuntimeError):

@@ -1,7 +1,13 @@
-"""Typed configuration: one dataclass per concern, recipes, YAML in and out.
+"""The run's configuration: one schema, recipes, precedence, YAML in and out.
 
-Precedence, lowest first: the dataclass defaults, a ``--recipe``, a ``--config``
-YAML file, then command-line flags. Fields left as ``None`` are "auto" and are
+:class:`TrainConfig` is the only schema. Each field says, in one place, its
+default, its flag and help, its allowed values and whether ``--resume`` may
+change it (see :mod:`simsiam.options`); the model's and the views' sections live
+beside the code they configure (:class:`~simsiam.model.ModelConfig`,
+:class:`~simsiam.augment.AugmentConfig`).
+
+Precedence, lowest first: the field defaults, a recipe, a YAML config file, then
+command-line flags (:func:`layered`). Fields left as ``None`` are "auto" and are
 filled by :func:`resolve` once the data and the device are known; the resolved
 config is what goes into the run folder and every checkpoint.
 """
@@ -9,104 +15,18 @@ config is what goes into the run folder and every checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-# Lightning's precision names that make sense for training here.
-PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64", "transformer-engine")
-
-
-class ConfigError(ValueError):
-    """A bad option or config value; the message names the key at fault."""
-
-
-@dataclass
-class ModelConfig:
-    backbone: str = "resnet18"
-    small_images: bool | None = None  # auto: True for images of 64 px or less
-    proj_dim: int = 2048
-    proj_hidden_dim: int | None = None  # auto: proj_dim
-    proj_layers: int | None = None  # auto: 2 for small images (paper, appendix D), else 3
-    pred_hidden_dim: int | None = None  # auto: proj_dim // 4 (the paper's 512 for 2048)
-    stop_gradient: bool = True  # False: the paper's collapsing ablation
-    predictor: bool = True  # False: the paper's collapsing ablation
-
-
-@dataclass
-class AugmentConfig:
-    min_scale: float = 0.2
-    max_scale: float = 1.0
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip_p: float = 0.5
-    vflip_p: float = 0.0
-    rotate: str = "none"  # none | 90 | free
-    jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    grayscale_p: float = 0.2
-    blur_p: float | None = None  # auto: 0.5 above 64 px, 0 at 64 px or less
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_p: float = 0.0
-
-
-@dataclass
-class OptimConfig:
-    base_lr: float | None = None  # lr = base_lr x batch / 256; auto: 0.03 small images, 0.05 else
-    weight_decay: float | None = None  # auto: 5e-4 small images (CIFAR), 1e-4 else (ImageNet)
-    momentum: float = 0.9
-    warmup_epochs: float = 0.0
-    fixed_predictor_lr: bool = False  # paper, Table 1: h's lr not decayed
-    loss: str = "cosine"  # cosine | cross_entropy
-
-
-@dataclass
-class TrainConfig:
-    data: str | None = None  # None: the bundled demo set
-    val: str | None = None  # labeled images for the online kNN query; None: hold out a split of DATA
-    out: str | None = None  # run folder; auto: runs/<data name>
-    recipe: str | None = None
-    epochs: int = 100
-    batch_size: int = 512  # global batch, over all processes
-    image_size: int | None = None  # auto: the data's median shorter side, at most 224
-    held_out: float = 0.1  # fraction of labeled DATA kept for the online kNN
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    knn_every: int = 1  # epochs between online kNN evaluations (0: never)
-    seed: int = 0
-    accelerator: str = "auto"  # auto | cpu | gpu
-    devices: int | str = "auto"
-    num_nodes: int = 1
-    precision: str | None = None  # auto: bf16-mixed on GPU and on CPUs with bf16 matrix units, else 32-true
-    compile: bool | None = None  # auto: on for GPU
-    compile_mode: str = "default"  # torch.compile mode of the step; "reduce-overhead" replays it as CUDA graphs
-    compile_augment: bool = False  # also compile the rendering of the views (fuses its ~140 small kernels)
-    channels_last: bool | None = None  # auto: on for GPU, and for CPU where torch has oneDNN
-    sync_batchnorm: bool = True  # used when more than one process runs
-    log_every: int = 50  # steps between reads of the loss (each read is a host-device sync)
-    checkpoint_every: int = 1  # epochs between saves of checkpoints/last.ckpt (and at the end)
-    strict: bool = False  # stop at the first file that cannot be decoded
-    model: ModelConfig = field(default_factory=ModelConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(asdict(self))
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], base: "TrainConfig | None" = None, where: str = "config") -> "TrainConfig":
-        """A config from nested values over ``base``; unknown keys and wrong types raise ConfigError."""
-        return _update(base or cls(), values, where)
-
+from .augment import AugmentConfig
+from .errors import ConfigError, RunError
+from .loss import LOSSES
+from .model import ModelConfig
+from .options import at_least, flag_of, flatten, get, in_range, nest, option, positive, resumable_keys, to_dict, update, validate
 
 # -- recipes --------------------------------------------------------------------------
 
@@ -146,39 +66,243 @@ RECIPES: dict[str, dict[str, Any]] = {
         knn_k=20,
     ),
 }
+# Own data on a machine without a GPU: the demo's network, batch and lr, the
+# user's epochs. The paper's networks run at single-digit images/s on two cores.
+RECIPES["cpu"] = {k: v for k, v in RECIPES["demo"].items() if k not in ("epochs", "knn_k")}
 
 
 def recipe(name: str) -> dict[str, Any]:
     if name not in RECIPES:
-        raise ConfigError(f"--recipe: unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+        raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}", key="recipe")
     return RECIPES[name]
 
 
-# -- resolution -------------------------------------------------------------------------
 
 
-def resolve(cfg: TrainConfig, image_size: int, on_gpu: bool) -> TrainConfig:
-    """Fill every auto (None) field from the data's image size and the device."""
-    cfg = dataclasses.replace(
-        cfg, model=dataclasses.replace(cfg.model), augment=dataclasses.replace(cfg.augment), optim=dataclasses.replace(cfg.optim)
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# Lightning's precision names that train here: the augmentation renders float32 views,
+# which the "-true" half and double precisions would not take.
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
+ACCELERATORS = ("auto", "cpu", "gpu")
+MAX_IMAGE_SIZE = 1024
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _devices(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"must be a number or 'auto', got {text!r}", key="devices") from None
+
+
+def _check_devices(value: int | str) -> str | None:
+    if isinstance(value, int):
+        return None if value >= 1 else f"must be at least 1, got {value}"
+    return None if value == "auto" else f"must be a number or 'auto', got {value!r}"
+
+
+@dataclass
+class OptimConfig:
+    """The optimizer and schedule (paper, section 4): SGD, lr = base_lr x batch / 256, cosine decay."""
+
+    base_lr: float | None = option(
+        None, flag="--lr", check=positive, help="base learning rate; the lr is base_lr x batch / 256 (default: 0.03 for small images, else 0.05)"
     )
-    cfg.image_size = image_size
+    weight_decay: float | None = option(
+        None, flag="--weight-decay", check=at_least(0), help="SGD weight decay (default: 5e-4 for small images as on CIFAR, else 1e-4)"
+    )
+    momentum: float = option(0.9, flag="--momentum", check=in_range(0, 1, high_open=True), help="SGD momentum")
+    warmup_epochs: float = option(0.0, flag="--warmup-epochs", metavar="EPOCHS", check=at_least(0), help="linear lr warmup before the cosine decay")
+    fixed_predictor_lr: bool = option(False, flag="--fixed-predictor-lr", help="keep the predictor's lr fixed, not decayed (paper, Table 1)")
+    loss: str = option("cosine", flag="--loss", choices=tuple(LOSSES), help="D: negative cosine similarity, or the symmetrized cross-entropy")
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``simsiam train`` is told; ``config.yaml`` in a run folder is this, resolved."""
+
+    data: str | None = option(None, help="image folder or CIFAR-10 batches (None: the bundled demo set)")
+    val: str | None = option(None, flag="--val", metavar="DATA", help="labeled images for the online kNN queries (default: hold out --held-out of DATA)")
+    out: str | None = option(None, flag="--out", metavar="DIR", help="run folder (default: runs/<data name>, numbered if taken)")
+    recipe: str | None = option(
+        None, flag="--recipe", choices=tuple(RECIPES), help="named settings: cifar10 (paper, appendix D), imagenet (paper, section 4), demo, cpu"
+    )
+    epochs: int = option(100, flag="--epochs", check=at_least(1), resumable=True, help="passes over the training images")
+    batch_size: int = option(512, flag="--batch-size", check=at_least(2), help="global batch over all processes (batch norm needs two samples)")
+    image_size: int | None = option(
+        None, flag="--image-size", metavar="PX", check=in_range(8, MAX_IMAGE_SIZE), help="training resolution (default: the data's median shorter side, at most 224)"
+    )
+    held_out: float = option(0.1, flag="--held-out", metavar="FRACTION", check=in_range(0, 1, high_open=True), help="fraction of labeled DATA kept out as online kNN queries")
+    knn_k: int = option(200, flag="--knn-k", metavar="K", check=at_least(1), help="neighbours that vote in the online kNN")
+    knn_temperature: float = option(0.1, flag="--knn-temperature", metavar="T", check=positive, help="kNN vote weight exp(similarity / T)")
+    knn_every: int = option(1, flag="--knn-every", metavar="EPOCHS", check=at_least(0), resumable=True, help="epochs between online kNN evaluations, 0 for never")
+    seed: int = option(0, flag="--seed", check=in_range(0, 2**32, high_open=True), help="seed of the initialisation, the views and the epoch order")
+    accelerator: str = option("auto", flag="--accelerator", choices=ACCELERATORS, resumable=True, help="where to train (default: the GPU when there is one)")
+    devices: int | str = option(
+        "auto", flag="--devices", metavar="N", parse=_devices, check=_check_devices, resumable=True, help="processes per node, one per GPU (default: all GPUs, or 1 on CPU)"
+    )
+    num_nodes: int = option(1, flag="--num-nodes", metavar="N", check=at_least(1), resumable=True, help="machines taking part in distributed training")
+    precision: str | None = option(
+        None, flag="--precision", choices=PRECISIONS, resumable=True, help="Lightning precision (default: bf16-mixed on a GPU and on CPUs with AMX, else 32-true)"
+    )
+    compile: bool | None = option(None, flag="--compile", resumable=True, help="torch.compile the training step (default: on a GPU)")
+    compile_mode: str = option(
+        "default", flag="--compile-mode", choices=COMPILE_MODES, resumable=True, help="torch.compile mode of the step; reduce-overhead replays CUDA graphs"
+    )
+    compile_augment: bool = option(False, flag="--compile-augment", resumable=True, help="also torch.compile the rendering of the views")
+    channels_last: bool | None = option(None, flag="--channels-last", help="channels_last memory format (default: on a GPU, and on a CPU with oneDNN)")
+    sync_batchnorm: bool = option(True, flag="--sync-batchnorm", help="synchronise batch norm across processes under DDP (needs GPUs)")
+    log_every: int = option(50, flag="--log-every", metavar="STEPS", check=at_least(1), resumable=True, help="steps between reads of the loss (each read is a host-device sync)")
+    checkpoint_every: int = option(
+        1, flag="--checkpoint-every", metavar="EPOCHS", check=at_least(1), resumable=True, help="epochs between saves of checkpoints/last.ckpt (and at the end)"
+    )
+    strict: bool = option(False, flag="--strict", resumable=True, help="stop at the first file that cannot be decoded, instead of skipping it")
+    model: ModelConfig = option(help="the networks", default_factory=ModelConfig)
+    augment: AugmentConfig = option(help="the view augmentations", default_factory=AugmentConfig)
+    optim: OptimConfig = option(help="the optimizer and schedule", default_factory=OptimConfig)
+
+    def cross_checks(self):
+        if self.compile_mode != "default" and self.compile is False:
+            yield "compile_mode", "applies to the compiled step; add --compile (on by default only on a GPU)"
+
+    @property
+    def lr(self) -> float:
+        """The learning rate: base_lr x batch / 256 (paper, section 4)."""
+        return self.optim.base_lr * self.batch_size / 256
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], base: "TrainConfig | None" = None, where: str = "config") -> "TrainConfig":
+        """A config from nested values over ``base``; unknown keys and wrong types raise ConfigError."""
+        return update(base or cls(), values, where)
+
+
+# -- precedence: recipe < config file < flags -----------------------------------------------
+
+
+def default_recipe(given: dict[str, Any], on_gpu: bool) -> tuple[str | None, str | None]:
+    """The recipe to use when none was named, and the line that says so.
+
+    ``given`` holds the options the user set (flags and config file, flat). No
+    DATA on a machine without a GPU is the demo; own data there gets the CPU-sized
+    network unless a recipe, a backbone or a batch size was named.
+    """
+    if on_gpu or given.get("recipe") is not None:
+        return None, None
+    if given.get("data") is None:
+        return "demo", "no DATA given: training on the bundled demo set with the CPU demo recipe (see README, 'The demo')"
+    if not {"model.backbone", "batch_size"} & set(given):
+        m = RECIPES["cpu"]["model"]
+        return "cpu", (
+            f"no GPU found: training the CPU-sized network ({m['backbone']}, batch {RECIPES['cpu']['batch_size']}; --recipe cpu); "
+            "--recipe cifar10 or --recipe imagenet asks for the paper's setting"
+        )
+    return None, None
+
+
+def layered(flags: dict[str, Any], file: dict[str, Any] | None = None, file_name: str = "config", auto_recipe: str | None = None):
+    """The config from a recipe, a config file's values and flags, in that order of precedence.
+
+    ``flags`` are flat ({dotted key: value}); ``file`` is the nested mapping of a
+    YAML file. The recipe is the one named by a flag, else by the file, else
+    ``auto_recipe``. Returns the config and, for every key set along the way, the
+    name the user knows it by (``--lr``, ``run.yaml: optim.base_lr``,
+    ``recipe demo: epochs``), for error messages.
+
+    >>> cfg, names = layered({"epochs": 3}, {"recipe": "demo", "epochs": 5, "optim": {"base_lr": 0.5}}, "run.yaml")
+    >>> cfg.epochs, cfg.optim.base_lr, cfg.batch_size, names["optim.base_lr"], names["epochs"]
+    (3, 0.5, 128, 'run.yaml: optim.base_lr', '--epochs')
+    """
+    file = file or {}
+    name = flags.get("recipe") or file.get("recipe") or auto_recipe
+    cfg, names = TrainConfig(), {}
+    if name is not None:
+        where = "--recipe" if flags.get("recipe") else f"{file_name}: recipe" if file.get("recipe") else "recipe"
+        try:
+            values = recipe(name)
+        except ConfigError as e:
+            raise e.named(where) from None
+        cfg = TrainConfig.from_dict(values, base=cfg, where=f"recipe {name}")
+        cfg.recipe = name
+        names.update({key: f"recipe {name}: {key}" for key in flatten(values)})
+    cfg = TrainConfig.from_dict(file, base=cfg, where=file_name)
+    names.update({key: f"{file_name}: {key}" for key in flatten(file)})
+    cfg = TrainConfig.from_dict(nest(flags), base=cfg, where="options")
+    names.update({key: flag_of(TrainConfig, key) or key for key in flags})
+    return cfg, names
+
+
+def check(cfg: TrainConfig, names: dict[str, str] | None = None) -> None:
+    """Validate every field; the error names the option as the user gave it (``names``), else by its flag."""
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        if e.key is None:
+            raise
+        raise e.named((names or {}).get(e.key) or flag_of(TrainConfig, e.key) or e.key) from None
+
+
+def resume_config(saved: TrainConfig, given: dict[str, Any], out: Path) -> TrainConfig:
+    """The config a resumed run continues with: its own, with the options that ``--resume`` may change.
+
+    ``given`` holds the options typed again (flat); any other that disagrees with
+    the run's own value is refused, naming its flag.
+    """
+    allowed = resumable_keys(TrainConfig)
+    for key, value in given.items():
+        if key in allowed or key in ("out", "data"):
+            continue
+        had = get(saved, key)
+        if had != value and not (isinstance(had, tuple) and list(had) == list(value)):
+            what = "the checkpoint is of another model: " if key.startswith("model.") else ""
+            may = ", ".join(flag_of(TrainConfig, k) or k for k in allowed)
+            raise RunError(
+                f"{flag_of(TrainConfig, key) or key}: {what}the run in {out} has {key} = {had!r}, not {value!r}; --resume continues a run "
+                f"with its own settings and may change only {may}; to train with another {key}, start a new run with another --out"
+            )
+    return TrainConfig.from_dict(nest({k: v for k, v in given.items() if k in allowed}), base=saved)
+
+
+# -- auto fields ------------------------------------------------------------------------------
+
+
+def resolve(cfg: TrainConfig, image_size: int, on_gpu: bool, names: dict[str, str] | None = None) -> TrainConfig:
+    """Fill every auto (None) field from the data's image size and the device, then check the result."""
+    if cfg.image_size is None and not 8 <= image_size <= MAX_IMAGE_SIZE:
+        raise ConfigError(
+            f"DATA: its images are {image_size} px on the shorter side (the median of a sample); "
+            f"training needs 8 to {MAX_IMAGE_SIZE}: set --image-size"
+        )
     small = image_size <= 64
-    m, a, o = cfg.model, cfg.augment, cfg.optim
-    m.small_images = small if m.small_images is None else m.small_images
-    m.proj_hidden_dim = m.proj_hidden_dim or m.proj_dim
-    m.proj_layers = m.proj_layers or (2 if small else 3)
-    m.pred_hidden_dim = m.pred_hidden_dim or max(1, m.proj_dim // 4)
-    a.blur_p = (0.0 if small else 0.5) if a.blur_p is None else a.blur_p
-    o.base_lr = (0.03 if small else 0.05) if o.base_lr is None else o.base_lr
-    o.weight_decay = (5e-4 if small else 1e-4) if o.weight_decay is None else o.weight_decay
-    cfg.precision = cfg.precision or ("bf16-mixed" if on_gpu or cpu_bf16_trains(image_size, bool(m.small_images)) else "32-true")
-    cfg.compile = on_gpu if cfg.compile is None else cfg.compile
+    model = cfg.model.resolved(image_size)
+    optim = dataclasses.replace(
+        cfg.optim,
+        base_lr=(0.03 if small else 0.05) if cfg.optim.base_lr is None else cfg.optim.base_lr,
+        weight_decay=(5e-4 if small else 1e-4) if cfg.optim.weight_decay is None else cfg.optim.weight_decay,
+    )
+    precision = cfg.precision or ("bf16-mixed" if on_gpu or cpu_bf16_trains(image_size, bool(model.small_images)) else "32-true")
     if cfg.channels_last is None:
         import torch
 
-        cfg.channels_last = on_gpu or torch.backends.mkldnn.is_available()
-    validate(cfg)
+        channels_last = on_gpu or torch.backends.mkldnn.is_available()
+    else:
+        channels_last = cfg.channels_last
+    cfg = dataclasses.replace(
+        cfg,
+        image_size=image_size,
+        model=model,
+        augment=cfg.augment.resolved(image_size),
+        optim=optim,
+        precision=precision,
+        compile=on_gpu if cfg.compile is None else cfg.compile,
+        channels_last=channels_last,
+    )
+    check(cfg, names)
     return cfg
 
 
@@ -211,71 +335,34 @@ def cpu_bf16_trains(image_size: int, small_images: bool) -> bool:
     return cpu_has_bf16_units() and image_size >= (8 if small_images else 24)
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Range checks that name the option at fault."""
-    from .augment import ROTATIONS
-    from .loss import LOSSES
-    from .model import BACKBONES
-
-    checks = [
-        (cfg.epochs >= 1, "--epochs", f"must be at least 1, got {cfg.epochs}"),
-        (cfg.batch_size >= 2, "--batch-size", f"must be at least 2 (batch norm needs two samples), got {cfg.batch_size}"),
-        (cfg.image_size is None or cfg.image_size >= 8, "--image-size", f"must be at least 8, got {cfg.image_size}"),
-        (0 <= cfg.held_out < 1, "--held-out", f"must be in [0, 1), got {cfg.held_out}"),
-        (cfg.knn_k >= 1, "--knn-k", f"must be at least 1, got {cfg.knn_k}"),
-        (cfg.knn_temperature > 0, "--knn-temperature", f"must be positive, got {cfg.knn_temperature}"),
-        (cfg.knn_every >= 0, "--knn-every", f"must be 0 or more, got {cfg.knn_every}"),
-        (cfg.num_nodes >= 1, "--num-nodes", f"must be at least 1, got {cfg.num_nodes}"),
-        (cfg.log_every >= 1, "log_every", f"must be at least 1, got {cfg.log_every}"),
-        (cfg.checkpoint_every >= 1, "--checkpoint-every", f"must be at least 1, got {cfg.checkpoint_every}"),
-        (cfg.accelerator in ("auto", "cpu", "gpu", "cuda"), "--accelerator", f"must be auto, cpu or gpu, got {cfg.accelerator!r}"),
-        (cfg.model.backbone in BACKBONES, "--backbone", f"unknown backbone {cfg.model.backbone!r}; choose one of {', '.join(BACKBONES)}"),
-        (cfg.model.proj_dim >= 1, "model.proj_dim", f"must be positive, got {cfg.model.proj_dim}"),
-        (cfg.model.proj_layers is None or cfg.model.proj_layers >= 1, "model.proj_layers", f"must be at least 1, got {cfg.model.proj_layers}"),
-        (cfg.model.proj_hidden_dim is None or cfg.model.proj_hidden_dim >= 1, "model.proj_hidden_dim", f"must be positive, got {cfg.model.proj_hidden_dim}"),
-        (cfg.model.pred_hidden_dim is None or cfg.model.pred_hidden_dim >= 1, "--pred-hidden-dim", f"must be positive, got {cfg.model.pred_hidden_dim}"),
-        (0 <= cfg.seed < 2**32, "--seed", f"must be in [0, 2**32), got {cfg.seed}"),
-        (cfg.compile_mode in COMPILE_MODES, "--compile-mode", f"must be one of {', '.join(COMPILE_MODES)}, got {cfg.compile_mode!r}"),
-        (cfg.compile_mode == "default" or cfg.compile is not False, "--compile-mode", "applies to the compiled step; add --compile (on by default only on a GPU)"),
-        (cfg.precision is None or str(cfg.precision) in PRECISIONS, "--precision", f"must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"),
-        (cfg.optim.loss in LOSSES, "--loss", f"unknown loss {cfg.optim.loss!r}; choose one of {', '.join(LOSSES)}"),
-        (cfg.optim.base_lr is None or cfg.optim.base_lr > 0, "--lr", f"must be positive, got {cfg.optim.base_lr}"),
-        (cfg.optim.weight_decay is None or cfg.optim.weight_decay >= 0, "--weight-decay", f"must be 0 or more, got {cfg.optim.weight_decay}"),
-        (cfg.optim.warmup_epochs >= 0, "--warmup-epochs", f"must be 0 or more, got {cfg.optim.warmup_epochs}"),
-        (cfg.augment.rotate in ROTATIONS, "--rotate", f"must be one of {', '.join(ROTATIONS)}, got {cfg.augment.rotate!r}"),
-        (0 < cfg.augment.min_scale <= cfg.augment.max_scale <= 1, "augment.min_scale", "need 0 < min_scale <= max_scale <= 1"),
-        (0 < cfg.augment.ratio[0] <= cfg.augment.ratio[1], "augment.ratio", f"need 0 < ratio[0] <= ratio[1], got {list(cfg.augment.ratio)}"),
-        (0 <= cfg.augment.hue <= 0.5, "augment.hue", f"must be in [0, 0.5], got {cfg.augment.hue}"),
-        (0 < cfg.augment.blur_sigma[0] <= cfg.augment.blur_sigma[1], "augment.blur_sigma", f"need 0 < low <= high, got {list(cfg.augment.blur_sigma)}"),
-    ]
-    for name in ("brightness", "contrast", "saturation"):
-        strength = getattr(cfg.augment, name)
-        checks.append((strength >= 0, f"augment.{name}", f"must be 0 or more, got {strength}"))
-    if isinstance(cfg.devices, int):
-        checks.append((cfg.devices >= 1, "--devices", f"must be at least 1, got {cfg.devices}"))
-    elif cfg.devices != "auto":
-        checks.append((False, "--devices", f"must be a number or 'auto', got {cfg.devices!r}"))
-    for name in ("hflip_p", "vflip_p", "jitter_p", "grayscale_p", "solarize_p", "blur_p"):
-        p = getattr(cfg.augment, name)
-        checks.append((p is None or 0 <= p <= 1, f"augment.{name}", f"must be in [0, 1], got {p}"))
-    for ok, option, message in checks:
-        if not ok:
-            raise ConfigError(f"{option}: {message}")
-
-
 # -- YAML -------------------------------------------------------------------------------
 
 
+class _PlainLoader(yaml.SafeLoader):
+    """YAML without aliases: a config file is a few dozen plain values, and aliases can nest into billions."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"aliases (*{event.anchor}) are not allowed in a config file, line {event.start_mark.line + 1}")
+        return super().compose_node(parent, index)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's mapping; anything else (missing, too big, not YAML, aliases) is one ConfigError naming it."""
     path = Path(path)
     try:
-        values = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found" if not path.exists() else f"{path}: not a regular file")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes is too large for a config file (at most {MAX_CONFIG_BYTES})")
+        values = yaml.load(path.read_text(encoding="utf-8"), Loader=_PlainLoader)
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read config file ({e})") from None
+        raise ConfigError(f"{path}: cannot read config file ({getattr(e, 'strerror', None) or e})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({_first_line(e)})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config file") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -283,78 +370,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
+def _first_line(e: Exception) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
-    from .atomic import atomic_write
+    from .io import atomic_write
 
     with atomic_write(path, "w") as fh:
         fh.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-# -- helpers ----------------------------------------------------------------------------------
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _update(obj: Any, values: dict[str, Any], where: str) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
-    hints = typing.get_type_hints(type(obj))
-    known = {f.name for f in fields(obj)}
-    changes = {}
-    for key, value in values.items():
-        if key not in known:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            changes[key] = _update(current, value, f"{where}.{key}")
-        else:
-            changes[key] = _coerce(value, hints[key], f"{where}.{key}")
-    return dataclasses.replace(obj, **changes)
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check ``value`` against a field's type hint; ints may stand for floats, lists for tuples."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(hint):
-            try:
-                return _coerce(value, option, where)
-            except ConfigError as e:
-                errors.append(e)
-        names = " or ".join(_type_name(t) for t in typing.get_args(hint))
-        raise ConfigError(f"{where}: expected {names}, got {value!r}")
-    if hint is type(None):
-        if value is None:
-            return None
-    elif origin is tuple:
-        args = typing.get_args(hint)
-        if isinstance(value, (list, tuple)) and len(value) == len(args):
-            return tuple(_coerce(v, t, where) for v, t in zip(value, args))
-    elif hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
-
-
-def _type_name(hint: Any) -> str:
-    if hint is type(None):
-        return "null"
-    if typing.get_origin(hint) is tuple:
-        return f"a list of {len(typing.get_args(hint))} numbers"
-    return getattr(hint, "__name__", str(hint))

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write
+from .io import atomic_write
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEMO_FILE = Path(__file__).parent / "demo" / "cifar10_demo.npz"

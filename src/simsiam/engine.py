@@ -21,7 +21,7 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .atomic import atomic_write
+from .io import atomic_write
 from .augment import Augment
 from .config import AugmentConfig, TrainConfig
 from .data import ImageSet

@@ -1,11 +1,16 @@
-"""The symmetric SimSiam loss (paper, equations 1-4)."""
+"""The symmetric SimSiam loss (paper, equations 1-4).
+
+The stop-gradient is not applied here: :class:`~simsiam.model.SimSiam` returns z
+already detached (its one place, with the ablation switch beside it). A caller
+with an encoder of its own detaches z before calling :func:`simsiam_loss`.
+"""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
-
-LOSSES = ("cosine", "cross_entropy")
 
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -13,35 +18,25 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return -F.cosine_similarity(p, z, dim=-1).mean()
 
 
-def symmetric_cross_entropy(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """D(p, z) = -softmax(z) . log softmax(p) (paper, section 4.5, "symmetrization")."""
+def cross_entropy(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """D(p, z) = -softmax(z) . log softmax(p), averaged over the batch (paper, section 4.5).
+
+    One-sided, like :func:`negative_cosine`; :func:`simsiam_loss` symmetrizes it.
+    """
     return -(F.softmax(z, dim=-1) * F.log_softmax(p, dim=-1)).sum(dim=-1).mean()
 
 
-def simsiam_loss(
-    p1: torch.Tensor,
-    p2: torch.Tensor,
-    z1: torch.Tensor,
-    z2: torch.Tensor,
-    kind: str = "cosine",
-    stop_gradient: bool = True,
-) -> torch.Tensor:
-    """L = D(p1, stopgrad(z2))/2 + D(p2, stopgrad(z1))/2 (paper, eq. 4).
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"cosine": negative_cosine, "cross_entropy": cross_entropy}
 
-    The z are detached here too, so the stop-gradient holds for callers whose own
-    encoder returns z with a graph; stop_gradient=False is the paper's ablation
-    (section 4.1), which collapses.
+
+def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """L = D(p1, stopgrad(z2))/2 + D(p2, stopgrad(z1))/2 (paper, eq. 4), with z1, z2 already detached.
 
     >>> z = torch.randn(8, 16)
     >>> round(simsiam_loss(z, z, z, z).item(), 4)
     -1.0
     """
-    if kind == "cosine":
-        D = negative_cosine
-    elif kind == "cross_entropy":
-        D = symmetric_cross_entropy
-    else:
+    if kind not in LOSSES:
         raise ValueError(f"unknown loss {kind!r}; choose one of {', '.join(LOSSES)}")
-    if stop_gradient:
-        z1, z2 = z1.detach(), z2.detach()
+    D = LOSSES[kind]
     return D(p1, z2) / 2 + D(p2, z1) / 2

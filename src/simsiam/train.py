@@ -24,7 +24,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_only
 
-from .atomic import atomic_write, remove_partial_files
+from .io import atomic_write, remove_partial_files
 from .checkpoint import AtomicCheckpointIO, CheckpointError, check_weights_fit, read_checkpoint, save_atomic
 from .config import TrainConfig
 from .engine import NonFiniteLossError, SimSiamModule, TrainingInterrupted, build_model, resume_command

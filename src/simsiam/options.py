@@ -1,0 +1,290 @@
+"""Options as dataclass fields that carry everything said about them, in one place.
+
+Each field of a config dataclass is made with :func:`option`: its default, its
+command-line flag and help, its allowed values, and whether ``--resume`` may
+change it. Everything else is derived from those fields: the argparse options
+(:func:`add_flags`), the checks (:func:`validate`), reading values from a YAML
+mapping (:func:`update`), and the resume rule (:func:`resumable_keys`).
+
+A field left at ``None`` means "auto": it is filled once the data and the device
+are known, and checks skip it until then.
+
+>>> from dataclasses import dataclass
+>>> @dataclass
+... class Example:
+...     epochs: int = option(100, flag="--epochs", help="passes over the data", check=at_least(1))
+>>> validate(update(Example(), {"epochs": 0}, "config"))
+Traceback (most recent call last):
+...
+simsiam.errors.ConfigError: epochs: must be at least 1, got 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import types
+import typing
+from typing import Any, Callable, Iterator
+
+from .errors import ConfigError
+
+Check = Callable[[Any], "str | None"]  # a value -> why it is wrong, or None when it is fine
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    flag: str | None = None,
+    metavar: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    check: Check | None = None,
+    parse: Callable[[str], Any] | None = None,
+    resumable: bool = False,
+    default_factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A dataclass field with its flag, help, choices, check and resume rule.
+
+    ``flag`` is the command-line spelling (no flag: config-file only); a boolean
+    gets ``--flag`` and ``--no-flag``. ``parse`` turns the flag's text into a value
+    when the field's type alone cannot (an int or the word ``auto``, say).
+    """
+    meta = dict(help=help, flag=flag, metavar=metavar, choices=choices, check=check, parse=parse, resumable=resumable)
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+# -- checks ----------------------------------------------------------------------------------
+
+
+def at_least(low: float) -> Check:
+    return lambda v: None if v >= low else f"must be at least {low:g}, got {v}"
+
+
+def positive(v: float) -> str | None:
+    return None if v > 0 else f"must be positive, got {v}"
+
+
+def in_range(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Check:
+    def check(v: float) -> str | None:
+        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+        return None if ok else f"must be in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}, got {v}"
+
+    return check
+
+
+probability = in_range(0, 1)
+
+
+def increasing_pair(low: float = 0) -> Check:
+    """A (low, high) pair with ``low`` < first <= second."""
+    return lambda v: None if low < v[0] <= v[1] else f"need {low:g} < first <= second, got {list(v)}"
+
+
+# -- walking a config ------------------------------------------------------------------------
+
+
+def walk(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:
+    """(dotted key, field, type hint) of every leaf option of a config class, sections included."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            yield from walk(hint, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, hint
+
+
+def get(obj: Any, key: str) -> Any:
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(obj: Any, prefix: str = "") -> None:
+    """Raise ConfigError, naming the dotted key, for the first value that breaks its field's rules.
+
+    Then a dataclass's own ``cross_checks()`` (rules between fields) are asked,
+    as (key, message) pairs.
+    """
+    for key, f, hint in walk(type(obj)):
+        value = get(obj, key)
+        if value is None:
+            continue  # auto: filled later, checked then
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"must be a finite number, got {value}", key=prefix + key)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"must be one of {', '.join(map(str, choices))}, got {value!r}", key=prefix + key)
+        check = f.metadata.get("check")
+        problem = check(value) if check else None
+        if problem:
+            raise ConfigError(problem, key=prefix + key)
+    for section in [obj] + [getattr(obj, f.name) for f in dataclasses.fields(obj) if dataclasses.is_dataclass(getattr(obj, f.name))]:
+        cross = getattr(section, "cross_checks", None)
+        if cross is not None:
+            where = prefix if section is obj else f"{prefix}{_field_name_of(obj, section)}."
+            for key, message in cross():
+                raise ConfigError(message, key=where + key)
+
+
+def _field_name_of(obj: Any, section: Any) -> str:
+    return next(f.name for f in dataclasses.fields(obj) if getattr(obj, f.name) is section)
+
+
+def resumable_keys(cls: type) -> tuple[str, ...]:
+    """The dotted keys that ``--resume`` may change."""
+    return tuple(key for key, f, _ in walk(cls) if f.metadata.get("resumable"))
+
+
+def flag_of(cls: type, key: str) -> str | None:
+    return next((f.metadata.get("flag") for k, f, _ in walk(cls) if k == key), None)
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One argparse option per flagged field; ``dest`` is the dotted key and nothing is set unless typed."""
+    for key, f, hint in walk(cls):
+        meta = f.metadata
+        if not meta.get("flag"):
+            continue
+        kwargs: dict[str, Any] = dict(dest=key, default=argparse.SUPPRESS, help=_help(f))
+        base = _base_type(hint)
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = meta.get("parse") or base
+            if meta.get("choices"):
+                kwargs["choices"] = meta["choices"]
+            else:
+                kwargs["metavar"] = meta.get("metavar") or {int: "N", float: "X"}.get(base, "TEXT")
+        parser.add_argument(meta["flag"], **kwargs)
+
+
+def _help(f: dataclasses.Field) -> str:
+    text = f.metadata["help"]
+    if f.default is None or f.default is dataclasses.MISSING or "default" in text:
+        return text
+    shown = f.default if not isinstance(f.default, bool) else ("on" if f.default else "off")
+    return f"{text} (default: {shown})"
+
+
+def _base_type(hint: Any) -> Any:
+    """bool, int, float or str for a field's hint (``X | None`` counts as X)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else str
+    return hint
+
+
+def given_flags(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The options typed on the command line, as {dotted key: value}."""
+    return {key: getattr(args, key) for key, f, _ in walk(cls) if f.metadata.get("flag") and hasattr(args, key)}
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """{"optim.base_lr": 0.1} -> {"optim": {"base_lr": 0.1}}."""
+    out: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        *sections, key = dotted.split(".")
+        node = out
+        for s in sections:
+            node = node.setdefault(s, {})
+        node[key] = value
+    return out
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The inverse of :func:`nest`."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# -- values from a mapping (YAML, a checkpoint) ----------------------------------------------
+
+
+def update(obj: Any, values: Any, where: str) -> Any:
+    """A copy of dataclass ``obj`` with ``values`` (a nested mapping) applied; unknown keys and wrong types raise."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(type(obj))
+    known = {f.name for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = update(current, value, f"{where}.{key}")
+        else:
+            changes[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return dataclasses.replace(obj, **changes)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Nested plain values (tuples as lists), ready for YAML and checkpoints."""
+    return _plain(dataclasses.asdict(obj))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a field's type hint; ints may stand for floats, lists for tuples."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for choice in typing.get_args(hint):
+            try:
+                return _coerce(value, choice, where)
+            except ConfigError:
+                continue
+        names = " or ".join(_type_name(t) for t in typing.get_args(hint))
+        raise ConfigError(f"{where}: expected {names}, got {_short(value)}")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif origin is tuple:
+        args = typing.get_args(hint)
+        if isinstance(value, (list, tuple)) and len(value) == len(args):
+            return tuple(_coerce(v, t, where) for v, t in zip(value, args))
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{where}: expected {_type_name(hint)}, got {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {len(typing.get_args(hint))} numbers"
+    return getattr(hint, "__name__", str(hint))
