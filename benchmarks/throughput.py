@@ -369,7 +369,8 @@ def decode(args) -> None:
     import numpy as np
     from PIL import Image
 
-    from simsiam.data import _decode_all, _decode_all_gpu, list_images
+    from simsiam.data import list_images
+    from simsiam.decode import decode_files
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -381,12 +382,12 @@ def decode(args) -> None:
         files, _, _ = list_images(root)
         rows = []
         start = time.perf_counter()
-        _decode_all(files, 224, strict=False, progress=False)
+        decode_files(files, 224, progress=False)
         rows.append((f"Pillow, {min(16, (os.cpu_count() or 1) + 1)} threads", len(files) / (time.perf_counter() - start)))
         if torch.cuda.is_available():
-            _decode_all_gpu(files[:256], 224, torch.device("cuda"), strict=False, progress=False)  # warm up nvJPEG
+            decode_files(files[:256], 224, progress=False, jpeg_device="cuda")  # warm up nvJPEG
             start = time.perf_counter()
-            _decode_all_gpu(files, 224, torch.device("cuda"), strict=False, progress=False)
+            decode_files(files, 224, progress=False, jpeg_device="cuda")
             rows.append(("nvJPEG on the GPU (torchvision.io.decode_jpeg)", len(files) / (time.perf_counter() - start)))
         print(f"{len(files)} synthetic 256x256 JPEGs decoded, resized to 224 and centre-cropped\n")
         print(_table(rows, reference=rows[0][0]))

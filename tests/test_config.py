@@ -1,10 +1,22 @@
 """Recipes carry the paper's settings; config files and flags layer over them."""
 
 import pytest
-import yaml
 
 from simsiam.cli import main
-from simsiam.config import ConfigError, TrainConfig, cpu_has_bf16_units, recipe, resolve
+from simsiam.config import (
+    ConfigError,
+    TrainConfig,
+    check,
+    cpu_has_bf16_units,
+    default_recipe,
+    layered,
+    load_yaml,
+    recipe,
+    resolve,
+    resume_config,
+)  # fmt: skip
+from simsiam.errors import RunError
+from simsiam.options import resumable_keys, walk
 
 
 def test_cifar10_recipe_is_the_papers_appendix_d():
@@ -40,13 +52,73 @@ def test_unknown_keys_and_wrong_types_name_the_key():
         recipe("mnist")
 
 
-def test_flags_override_the_config_file_which_overrides_the_recipe(tmp_path, class_folder):
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"recipe": "demo", "epochs": 3, "optim": {"base_lr": 0.5}, "knn_every": 0}))
-    out = tmp_path / "run"
-    args = ["train", str(class_folder), "--config", str(config), "--epochs", "1", "--out", str(out), "--batch-size", "8", "--quiet"]
-    assert main(args) == 0
-    saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["epochs"] == 1  # flag over file
-    assert saved["optim"]["base_lr"] == 0.5  # file over recipe (demo has 0.3)
-    assert saved["model"]["backbone"] == "resnet10-slim"  # from the recipe
+def test_flags_override_the_config_file_which_overrides_the_recipe():
+    file = {"recipe": "demo", "epochs": 3, "optim": {"base_lr": 0.5}, "knn_every": 0}
+    cfg, names = layered({"epochs": 1, "model.proj_dim": 32}, file, "c.yaml")
+    assert cfg.epochs == 1 and names["epochs"] == "--epochs"  # flag over file
+    assert cfg.optim.base_lr == 0.5 and names["optim.base_lr"] == "c.yaml: optim.base_lr"  # file over recipe (demo has 0.3)
+    assert cfg.model.backbone == "resnet10-slim" and cfg.recipe == "demo"  # from the recipe
+    assert cfg.model.proj_dim == 32 and cfg.knn_every == 0
+
+
+def test_a_bad_value_is_named_as_the_user_gave_it():
+    with pytest.raises(ConfigError, match=r"^--lr: must be positive, got -1.0$"):
+        check(*layered({"optim.base_lr": -1.0}))
+    with pytest.raises(ConfigError, match=r"^c.yaml: augment.hue: must be in \[0, 0.5\], got 0.9$"):
+        check(*layered({}, {"augment": {"hue": 0.9}}, "c.yaml"))
+    with pytest.raises(ConfigError, match=r"^--warmup-epochs: must be a finite number, got inf$"):
+        check(*layered({"optim.warmup_epochs": float("inf")}))
+    with pytest.raises(ConfigError, match=r"^--image-size: must be in \[8, 1024\], got 100000$"):
+        check(*layered({"image_size": 100000}))
+    with pytest.raises(ConfigError, match="--compile-mode: applies to the compiled step"):
+        check(*layered({"compile_mode": "reduce-overhead", "compile": False}))
+
+
+def test_an_image_size_found_in_the_data_is_named_as_such():
+    with pytest.raises(ConfigError, match="DATA: its images are 1 px on the shorter side"):
+        resolve(TrainConfig(), image_size=1, on_gpu=False)
+
+
+def test_every_flag_has_help_and_a_readable_metavar(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "MODEL." not in text and "OPTIM." not in text and "AUGMENT." not in text
+    for key, f, _ in walk(TrainConfig):
+        if f.metadata.get("flag"):
+            assert f.metadata["help"].strip() and f.metadata["flag"] in text, key
+
+
+def test_only_some_options_may_change_on_resume(tmp_path):
+    saved = resolve(TrainConfig(), image_size=32, on_gpu=False)
+    cfg = resume_config(saved, {"epochs": 7, "out": "x"}, tmp_path)
+    assert cfg.epochs == 7 and cfg.model == saved.model
+    with pytest.raises(RunError, match=r"^--proj-dim: the checkpoint is of another model"):
+        resume_config(saved, {"model.proj_dim": 64}, tmp_path)
+    assert {"epochs", "precision", "devices"} <= set(resumable_keys(TrainConfig)) and "batch_size" not in resumable_keys(TrainConfig)
+
+
+def test_the_default_recipe_on_a_cpu_is_cpu_sized_unless_a_setting_was_named():
+    assert default_recipe({}, on_gpu=False)[0] == "demo"
+    name, note = default_recipe({"data": "photos"}, on_gpu=False)
+    assert name == "cpu" and "--recipe cifar10" in note and "resnet10-slim" in note
+    assert default_recipe({"data": "photos", "model.backbone": "resnet50"}, on_gpu=False) == (None, None)
+    assert default_recipe({"data": "photos", "batch_size": 64}, on_gpu=False) == (None, None)
+    assert default_recipe({"data": "photos"}, on_gpu=True) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("a: &a [1, 1]\nb: &b [*a, *a]\nepochs: [*b, *b]\n", "aliases"),
+        ("epochs: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested too deeply|not valid YAML"),
+        ("epochs: 1\n" + "#" * (2 << 20) + "\n", "too large for a config file"),
+        ("- 1\n- 2\n", "expected a mapping"),
+    ],
+)
+def test_a_hostile_config_file_is_one_short_line(tmp_path, text, why):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=why) as caught:
+        load_yaml(path)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 300

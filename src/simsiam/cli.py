@@ -7,71 +7,28 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-# Flags of `simsiam train`: flag -> (config key, argparse options). Dotted keys are
-# nested sections of TrainConfig; every default is "not given" so that the flags
-# override only what the user typed (over a --recipe and a --config file).
-TRAIN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "--out": ("out", dict(metavar="DIR", help="run folder (default: runs/<data name>, numbered if taken)")),
-    "--val": ("val", dict(metavar="DATA", help="labeled images for the online kNN (default: hold out --held-out of DATA)")),
-    "--recipe": ("recipe", dict(help="a named setting: cifar10 (paper, appendix D), imagenet (paper, section 4), demo")),
-    "--epochs": ("epochs", dict(type=int)),
-    "--batch-size": ("batch_size", dict(type=int, help="global batch over all processes")),
-    "--backbone": ("model.backbone", dict(help="resnet18 | resnet34 | resnet50 | resnet10-slim")),
-    "--image-size": ("image_size", dict(type=int, help="training resolution (default: the data's, at most 224)")),
-    "--small-images": ("model.small_images", dict(action=argparse.BooleanOptionalAction, help="3x3 stride-1 stem, no max-pool (default: at 64 px or less)")),
-    "--proj-dim": ("model.proj_dim", dict(type=int)),
-    "--proj-layers": ("model.proj_layers", dict(type=int)),
-    "--pred-hidden-dim": ("model.pred_hidden_dim", dict(type=int)),
-    "--no-stop-gradient": ("model.stop_gradient", dict(action="store_false", help="ablation: collapses (paper, section 4.1)")),
-    "--no-predictor": ("model.predictor", dict(action="store_false", help="ablation: collapses (paper, Table 1a)")),
-    "--loss": ("optim.loss", dict(choices=["cosine", "cross_entropy"])),
-    "--lr": ("optim.base_lr", dict(type=float, help="base lr; the lr is base_lr x batch / 256")),
-    "--weight-decay": ("optim.weight_decay", dict(type=float)),
-    "--warmup-epochs": ("optim.warmup_epochs", dict(type=float)),
-    "--fixed-predictor-lr": ("optim.fixed_predictor_lr", dict(action="store_true", help="do not decay the predictor's lr (paper, Table 1)")),
-    "--blur": ("augment.blur_p", dict(type=float, metavar="P", help="Gaussian blur probability")),
-    "--solarize": ("augment.solarize_p", dict(type=float, metavar="P", help="solarization probability")),
-    "--vflip": ("augment.vflip_p", dict(type=float, metavar="P", help="vertical flip probability (no canonical orientation)")),
-    "--rotate": ("augment.rotate", dict(choices=["none", "90", "free"], help="random rotation (no canonical orientation)")),
-    "--min-scale": ("augment.min_scale", dict(type=float, help="smallest crop area fraction")),
-    "--held-out": ("held_out", dict(type=float, help="fraction of labeled DATA kept for the online kNN")),
-    "--knn-k": ("knn_k", dict(type=int)),
-    "--knn-temperature": ("knn_temperature", dict(type=float)),
-    "--knn-every": ("knn_every", dict(type=int, help="epochs between online kNN evaluations (0: never)")),
-    "--seed": ("seed", dict(type=int)),
-    "--accelerator": ("accelerator", dict(choices=["auto", "cpu", "gpu"])),
-    "--devices": ("devices", dict(type=lambda s: s if s == "auto" else int(s), help="processes per node (GPUs)")),
-    "--num-nodes": ("num_nodes", dict(type=int)),
-    "--precision": ("precision", dict(help="Lightning precision, e.g. bf16-mixed, 16-mixed, 32-true (default: bf16-mixed on GPU and on CPUs with AMX)")),
-    "--compile": ("compile", dict(action=argparse.BooleanOptionalAction, help="torch.compile the step (default: on GPU)")),
-    "--compile-mode": ("compile_mode", dict(help="torch.compile mode of the compiled step: default, reduce-overhead (CUDA graphs), max-autotune")),
-    "--compile-augment": ("compile_augment", dict(action=argparse.BooleanOptionalAction, help="also torch.compile the augmentation")),
-    "--channels-last": ("channels_last", dict(action=argparse.BooleanOptionalAction, help="channels_last memory format (default: on GPU, and on CPU with oneDNN)")),
-    "--no-sync-batchnorm": ("sync_batchnorm", dict(action="store_false", help="plain BN per process under DDP")),
-    "--checkpoint-every": ("checkpoint_every", dict(type=int, metavar="N", help="save checkpoints/last.ckpt every N epochs (and at the end)")),
-    "--log-every": ("log_every", dict(type=int, help="steps between reads of the loss")),
-    "--strict": ("strict", dict(action="store_true", help="stop at the first file that cannot be decoded")),
-}
-
-
-def _set(values: dict[str, Any], dotted: str, value: Any) -> None:
-    *sections, key = dotted.split(".")
-    for s in sections:
-        values = values.setdefault(s, {})
-    values[key] = value
+from .errors import ConfigError, SimSiamError, TrainingInterrupted
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="pretrain an encoder with SimSiam", description="Pretrain an encoder with SimSiam on a folder of images.")
+    from .config import TrainConfig
+    from .options import add_flags
+
+    p = sub.add_parser(
+        "train",
+        help="pretrain an encoder with SimSiam",
+        description="Pretrain an encoder with SimSiam on a folder of images. Options are taken, lowest first, from the field "
+        "defaults, a --recipe, a --config file and the flags typed here.",
+    )
     p.add_argument("data", nargs="?", metavar="DATA", help="image folder, or CIFAR-10 python batches (default: the bundled demo set)")
-    p.add_argument("--config", metavar="FILE", help="YAML file of options (flags override it)")
+    p.add_argument("--config", metavar="FILE", help="YAML file of options, as in a run folder's config.yaml (flags override it)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (or the latest for this data) from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    for flag, (key, options) in TRAIN_FLAGS.items():
-        p.add_argument(flag, dest=key, default=argparse.SUPPRESS, **options)
+    add_flags(p, TrainConfig)
     p.set_defaults(handler=_train)
 
 
@@ -79,33 +36,39 @@ def _train(args: argparse.Namespace) -> int:
     import torch
     from lightning.pytorch.utilities import rank_zero_only  # under DDP every process runs this; rank 0 speaks
 
-    from .config import TrainConfig, load_yaml, recipe
+    from .config import TrainConfig, check, default_recipe, layered, load_yaml
+    from .options import flatten, given_flags
     from .train import fit
 
-    given = {key: getattr(args, key) for key, _ in TRAIN_FLAGS.values() if hasattr(args, key)}
-    values: dict[str, Any] = {}
-    for key, value in given.items():
-        _set(values, key, value)
+    flags = given_flags(args, TrainConfig)
     if args.data is not None:
-        values["data"] = args.data
-
+        flags["data"] = args.data
+    _check_printable(flags.get("out"), "--out")
     file_values = load_yaml(args.config) if args.config else {}
-    name = values.get("recipe") or file_values.get("recipe")
-    if name is None and args.data is None and file_values.get("data") is None and not args.resume and not torch.cuda.is_available():
-        name = "demo"
-        rank_zero_only(print)("no DATA given: training on the bundled demo set with the CPU demo recipe (see README, 'The demo')")
-    cfg = TrainConfig()
-    if name is not None:
-        cfg = TrainConfig.from_dict(recipe(name), base=cfg, where=f"recipe {name}")
-        cfg.recipe = name
-    cfg = TrainConfig.from_dict(file_values, base=cfg, where=args.config or "config")
-    cfg = TrainConfig.from_dict(values, base=cfg, where="options")
-    from .config import validate
-
-    validate(cfg)
-    result = fit(cfg, resume=args.resume, overrides=given, progress=not args.quiet)
+    on_gpu = flags.get("accelerator", file_values.get("accelerator")) != "cpu" and torch.cuda.is_available()
+    if flags.get("accelerator") == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("--accelerator: gpu asked for, but no CUDA GPU is available")
+    auto, note = (None, None) if args.resume else default_recipe({**flatten(file_values), **flags}, on_gpu)
+    cfg, names = layered(flags, file_values, args.config or "config", auto_recipe=auto)
+    check(cfg, names)
+    if note:
+        rank_zero_only(print)(note)
+    try:
+        result = fit(cfg, resume=args.resume, overrides=flags, progress=not args.quiet)
+    except ConfigError as e:  # found once the data is known: name the option as it was given
+        raise e.named(names.get(e.key) or e.key) if e.key else e from None
     rank_zero_only(_print_result)(result)
     return 0
+
+
+def _check_printable(path: str | None, option: str) -> None:
+    """Refuse a path that is not valid UTF-8 up front: TensorBoard, YAML and the log lines all need text."""
+    if path is not None:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise ConfigError(f"{option}: {shown} is not valid UTF-8; choose a folder name in UTF-8") from None
 
 
 def _print_result(result: dict[str, Any]) -> None:
@@ -129,14 +92,17 @@ EMBED_EXTENSIONS = (".parquet", ".npz")
 FIGURE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 
 
-def _add_checkpoint_arguments(p: argparse.ArgumentParser, data: bool = True) -> None:
+def _add_checkpoint_arguments(p: argparse.ArgumentParser, data: bool = True, features: bool = True) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder of `simsiam train` (its checkpoints/last.ckpt) or a .ckpt file")
     if data:
         p.add_argument("data", nargs="?", metavar="DATA", help="image folder, or CIFAR-10 python batches (default: the bundled demo set)")
-    p.add_argument("--batch-size", type=int, default=512, help="images per forward pass when extracting features (default: 512)")
-    p.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], default="auto", help="where features are extracted (default: the GPU when there is one)")
-    p.add_argument("--cache-features", action="store_true", help="keep the extracted features under $SIMSIAM_CACHE/features and reuse them")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    if features:
+        p.add_argument("--batch-size", type=int, default=512, metavar="N", help="images per forward pass when extracting features (default: 512)")
+        p.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], default="auto", help="where features are extracted (default: the GPU when there is one)")
+        p.add_argument(
+            "--cache-features", action="store_true", help="keep the extracted features under $SIMSIAM_CACHE/features (default ~/.cache/simsiam) and reuse them"
+        )
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -149,11 +115,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     _add_checkpoint_arguments(p, data=False)
     p.add_argument("--train", required=True, metavar="DATA", help="labeled images the classifiers learn from")
     p.add_argument("--test", required=True, metavar="DATA", help="labeled images they are scored on")
-    p.add_argument("--knn-k", type=int, default=200, help="neighbours that vote (default: 200)")
-    p.add_argument("--knn-temperature", type=float, default=0.1, help="vote weight exp(similarity / T) (default: 0.1)")
+    p.add_argument("--knn-k", type=int, default=200, metavar="K", help="neighbours that vote (default: 200)")
+    p.add_argument("--knn-temperature", type=float, default=0.1, metavar="T", help="vote weight exp(similarity / T) (default: 0.1)")
     p.add_argument("--linear", action="store_true", help="also train and score a linear probe on the frozen features")
-    p.add_argument("--linear-epochs", type=int, default=100, help="epochs of the linear probe (default: 100)")
-    p.add_argument("--linear-lr", type=float, default=0.1, help="initial lr of the probe's SGD, decayed by a cosine (default: 0.1)")
+    p.add_argument("--linear-epochs", type=int, default=100, metavar="N", help="epochs of the linear probe (default: 100)")
+    p.add_argument("--linear-lr", type=float, default=0.1, metavar="LR", help="initial lr of the probe's SGD, decayed by a cosine (default: 0.1)")
     p.add_argument("--out", metavar="FILE.json", help="where the figures go (default: evaluation.json in the run folder)")
     p.set_defaults(handler=_evaluate)
 
@@ -179,9 +145,9 @@ def _add_neighbors(sub: argparse._SubParsersAction) -> None:
     )
     _add_checkpoint_arguments(p)
     p.add_argument("--query", nargs="+", metavar="IMAGE", help="query image files (default: --num-queries random images of DATA)")
-    p.add_argument("--num-queries", type=int, default=6, help="random queries drawn from DATA when no --query is given (default: 6)")
-    p.add_argument("--k", type=int, default=8, help="neighbours shown per query (default: 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random queries")
+    p.add_argument("--num-queries", type=int, default=6, metavar="N", help="random queries drawn from DATA when no --query is given (default: 6)")
+    p.add_argument("--k", type=int, default=8, metavar="K", help="neighbours shown per query (default: 8)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the random queries (default: 0)")
     p.add_argument("--out", metavar="FILE.png", help="the figure (default: neighbors.png in the run folder)")
     p.set_defaults(handler=_neighbors)
 
@@ -195,9 +161,9 @@ def _add_map(sub: argparse._SubParsersAction) -> None:
     )
     _add_checkpoint_arguments(p)
     p.add_argument("--method", choices=["auto", "umap", "pca"], default="auto", help="projection (default: umap if installed, else pca)")
-    p.add_argument("--grid", type=int, default=22, help="thumbnail lattice is GRID x GRID cells, one thumbnail per cell at most (default: 22)")
-    p.add_argument("--max-images", type=int, default=5000, help="a random subset of this many images is mapped (default: 5000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the subset and of UMAP")
+    p.add_argument("--grid", type=int, default=22, metavar="N", help="thumbnail lattice is N x N cells, one thumbnail per cell at most (default: 22)")
+    p.add_argument("--max-images", type=int, default=5000, metavar="N", help="a random subset of this many images is mapped (default: 5000)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the subset and of UMAP (default: 0)")
     p.add_argument("--out", metavar="FILE.png", help="the figure (default: map.png in the run folder)")
     p.set_defaults(handler=_map)
 
@@ -209,26 +175,38 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         description="torchvision: a state_dict for torchvision's ResNet with fc = Identity (a JSON description goes beside "
         "it). onnx: the feature graph, input 'images' (batch, 3, S, S) normalised, output 'features' (batch, D), dynamic batch.",
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder of `simsiam train` (its checkpoints/last.ckpt) or a .ckpt file")
+    _add_checkpoint_arguments(p, data=False, features=False)
     p.add_argument("--format", required=True, choices=["torchvision", "onnx"], help="torchvision state_dict or ONNX graph")
     p.add_argument("--out", metavar="FILE", help="default: <backbone>.pt or <backbone>.onnx in the run folder")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset (default: 17)")
     p.set_defaults(handler=_export)
 
 
-def _at_least(value: float, minimum: float, option: str) -> None:
-    from .config import ConfigError
+# The smallest value each numeric option of these commands takes: {dest: (flag, minimum)}.
+MINIMUMS = {
+    "batch_size": ("--batch-size", 1), "knn_k": ("--knn-k", 1), "linear_epochs": ("--linear-epochs", 1), "k": ("--k", 1),
+    "num_queries": ("--num-queries", 1), "grid": ("--grid", 2), "max_images": ("--max-images", 2), "opset": ("--opset", 7),
+}  # fmt: skip
+POSITIVE = {"knn_temperature": "--knn-temperature", "linear_lr": "--linear-lr"}
 
-    if value < minimum:
-        raise ConfigError(f"{option}: must be at least {minimum:g}, got {value:g}")
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    import math
+
+    for dest, (flag, minimum) in MINIMUMS.items():
+        if getattr(args, dest, minimum) < minimum:
+            raise ConfigError(f"{flag}: must be at least {minimum}, got {getattr(args, dest)}")
+    for dest, flag in POSITIVE.items():
+        value = getattr(args, dest, 1.0)
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{flag}: must be a positive number, got {value}")
 
 
 def _output(args: argparse.Namespace, file: Path, default_name: str, suffixes: tuple[str, ...]) -> Path:
     """--out, or ``default_name`` in the run folder; the suffix checked before any work is done."""
-    from .checkpoint import run_folder_of
-    from .config import ConfigError
+    from .run_folder import RunFolder
 
-    out = Path(args.out) if args.out else run_folder_of(file) / default_name
+    out = Path(args.out) if args.out else RunFolder.of_checkpoint(file).path / default_name
     if out.suffix.lower() not in suffixes:
         raise ConfigError(f"--out: {out} must end in {' or '.join(suffixes)}")
     if out.is_dir():
@@ -239,20 +217,30 @@ def _output(args: argparse.Namespace, file: Path, default_name: str, suffixes: t
 def _device(accelerator: str) -> Any:
     import torch
 
-    from .config import ConfigError
-
     if accelerator == "gpu" and not torch.cuda.is_available():
         raise ConfigError("--accelerator: gpu asked for, but no CUDA GPU is available")
     return torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def _load_trained(args: argparse.Namespace) -> tuple[Any, Any, Path]:
+def _open(args: argparse.Namespace, default_name: str | Callable[[Any], str], suffixes: tuple[str, ...]) -> tuple[Any, Any, Path, Path]:
+    """What every command that reads a checkpoint starts with: checked options, the model, its config, its file, the output path."""
     from .checkpoint import load_checkpoint, resolve_checkpoint
 
+    _check_numbers(args)
     _device(getattr(args, "accelerator", "cpu"))  # --accelerator gpu without a GPU fails before any work
     file = resolve_checkpoint(args.checkpoint)
     model, cfg = load_checkpoint(file)
-    return model, cfg, file
+    name = default_name(cfg) if callable(default_name) else default_name
+    return model, cfg, file, _output(args, file, name, suffixes)
+
+
+def _images(args: argparse.Namespace, cfg: Any, data: str | None) -> Any:
+    """DATA decoded at the training resolution; the demo set, said out loud, when DATA was left out."""
+    from . import data as data_module
+
+    if data is None:
+        print("no DATA given: using the bundled demo set (5,000 CIFAR-10 images); pass DATA for your own images")
+    return data_module.load(data, cfg.image_size, progress=not args.quiet)
 
 
 def _features(args: argparse.Namespace, model: Any, file: Path, images: Any) -> Any:
@@ -266,22 +254,11 @@ def _features(args: argparse.Namespace, model: Any, file: Path, images: Any) -> 
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import json
-
-    from . import data
     from .evaluate import evaluate_encoder
+    from .io import write_json
 
-    _at_least(args.knn_k, 1, "--knn-k")
-    _at_least(args.linear_epochs, 1, "--linear-epochs")
-    _at_least(args.batch_size, 1, "--batch-size")
-    if not args.knn_temperature > 0 or not args.linear_lr > 0:
-        from .config import ConfigError
-
-        raise ConfigError("--knn-temperature and --linear-lr: must be positive")
-    model, cfg, file = _load_trained(args)
-    out = _output(args, file, "evaluation.json", EVAL_EXTENSIONS)
-    train = data.load(args.train, cfg.image_size, progress=not args.quiet)
-    test = data.load(args.test, cfg.image_size, progress=not args.quiet)
+    model, cfg, file, out = _open(args, "evaluation.json", EVAL_EXTENSIONS)
+    train, test = _images(args, cfg, args.train), _images(args, cfg, args.test)
     result = evaluate_encoder(
         model, train, test, knn_k=args.knn_k, knn_temperature=args.knn_temperature, linear=args.linear,
         linear_epochs=args.linear_epochs, linear_lr=args.linear_lr, device=_device(args.accelerator),
@@ -298,19 +275,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"  linear top-1   {lin['top1']:.4f}   {args.linear_epochs} epochs, lr {args.linear_lr:g}, train top-1 {lin['train_top1']:.4f}")
         print("  backbone weights and BN statistics unchanged: checked")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result)
     print(f"wrote {out}")
     return 0
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from . import data
     from .explore import write_embeddings
 
-    _at_least(args.batch_size, 1, "--batch-size")
-    model, cfg, file = _load_trained(args)
-    out = _output(args, file, "embeddings.parquet", EMBED_EXTENSIONS)
-    images = data.load(args.data, cfg.image_size, progress=not args.quiet)
+    model, cfg, file, out = _open(args, "embeddings.parquet", EMBED_EXTENSIONS)
+    images = _images(args, cfg, args.data)
     feats = _features(args, model, file, images)  # (N, D)
     meta = {"checkpoint": str(file), "backbone": cfg.model.backbone, "image_size": cfg.image_size, "data": images.source}
     write_embeddings(out, feats, images, meta)
@@ -319,71 +293,29 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _neighbors(args: argparse.Namespace) -> int:
-    import torch
+    from .explore import neighbor_grid, plot_neighbors
 
-    from . import data
-    from .explore import nearest_neighbors, plot_neighbors
-
-    _at_least(args.k, 1, "--k")
-    _at_least(args.num_queries, 1, "--num-queries")
-    _at_least(args.batch_size, 1, "--batch-size")
-    model, cfg, file = _load_trained(args)
-    out = _output(args, file, "neighbors.png", FIGURE_EXTENSIONS)
-    bank = data.load(args.data, cfg.image_size, progress=not args.quiet)
-    if len(bank) < 2:
-        raise data.DataError(f"{bank.source}: one image only; neighbours need at least two")
+    model, cfg, file, out = _open(args, "neighbors.png", FIGURE_EXTENSIONS)
+    bank = _images(args, cfg, args.data)
     feats = _features(args, model, file, bank)  # (N, D)
-    if args.query:
-        decoded = []
-        for q in args.query:
-            try:
-                decoded.append(data.decode_image(q, cfg.image_size))
-            except FileNotFoundError:
-                raise data.DataError(f"--query: {q}: no such file") from None
-            except Exception as e:  # Pillow raises many types for files that are not images
-                raise data.DataError(f"--query: {q}: cannot decode image ({type(e).__name__}: {e})") from None
-        query_images = torch.stack(decoded)  # (Q, 3, S, S) uint8
-        from .evaluate import features_of
-
-        query_feats, _ = features_of(model, query_images, feats.device)  # (Q, D)
-        # A query that is itself one of DATA's files is not its own neighbour.
-        where = {str(Path(p).resolve()): i for i, p in enumerate(bank.paths)}
-        exclude = torch.tensor([where.get(str(Path(q).resolve()), -1) for q in args.query])
-        names, labels = ["/".join(Path(q).parts[-2:]) for q in args.query], [None] * len(args.query)
-    else:
-        g = torch.Generator().manual_seed(args.seed)
-        picks = torch.randperm(len(bank), generator=g)[: args.num_queries]
-        query_images, query_feats, exclude = bank.images[picks], feats[picks.to(feats.device)], picks
-        labels = [None if bank.labels is None else int(bank.labels[i]) for i in picks]
-        names = [bank.classes[lab] if lab is not None else bank.paths[i].rsplit("/", 1)[-1] for lab, i in zip(labels, picks.tolist())]
-    sims, idx = nearest_neighbors(query_feats, feats, k=args.k, exclude=exclude)  # (Q, k) each
+    grid = neighbor_grid(model, bank, feats, queries=args.query, num_queries=args.num_queries, k=args.k, seed=args.seed)
     title = f"Nearest neighbours in {_name(bank.source)} by cosine similarity of backbone features ({cfg.model.backbone}, {file.name})"
-    if bank.labels is not None and any(lab is not None for lab in labels):
-        title += "\ngreen: same class as the query, red: another class"
-    plot_neighbors(query_images, names, labels, bank, sims.cpu(), idx.cpu(), out, title)
-    agree = ""
-    if bank.labels is not None and all(lab is not None for lab in labels):
-        same = (bank.labels[idx.cpu()] == torch.tensor(labels)[:, None]).float().mean().item()
-        agree = f"; {same:.0%} of the neighbours share their query's class"
-    print(f"wrote {out}: {len(names)} queries x {idx.shape[1]} neighbours{agree}")
+    plot_neighbors(grid, bank, out, title)
+    agree = "" if grid.agreement is None else f"; {grid.agreement:.0%} of the neighbours share their query's class"
+    print(f"wrote {out}: {len(grid.names)} queries x {grid.idx.shape[1]} neighbours{agree}")
     return 0
 
 
 def _map(args: argparse.Namespace) -> int:
     import torch
 
-    from . import data
     from .explore import map_method, plot_map, project_2d
 
-    _at_least(args.grid, 2, "--grid")
-    _at_least(args.max_images, 2, "--max-images")
-    _at_least(args.batch_size, 1, "--batch-size")
     method = map_method(args.method)
-    model, cfg, file = _load_trained(args)  # a bad checkpoint is the one line printed, before any note
+    model, cfg, file, out = _open(args, "map.png", FIGURE_EXTENSIONS)  # a bad checkpoint is the one line printed, before any note
     if method == "PCA" and args.method == "auto":
         print("umap-learn is not installed: the map uses PCA (pip install 'simsiam[umap]' for UMAP)")
-    out = _output(args, file, "map.png", FIGURE_EXTENSIONS)
-    images = data.load(args.data, cfg.image_size, progress=not args.quiet)
+    images = _images(args, cfg, args.data)
     if len(images) > args.max_images:
         total, g = len(images), torch.Generator().manual_seed(args.seed)
         images = images.subset(torch.randperm(total, generator=g)[: args.max_images].sort().values)
@@ -399,11 +331,15 @@ def _map(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from .augment import IMAGENET_MEAN, IMAGENET_STD
     from .export import check_onnx, export_onnx, export_torchvision, loading_code
 
-    model, cfg, file = _load_trained(args)
-    suffix = ".onnx" if args.format == "onnx" else ".pt"
-    out = _output(args, file, f"{cfg.model.backbone}{suffix}", (".onnx",) if args.format == "onnx" else (".pt", ".pth"))
+    suffixes = (".onnx",) if args.format == "onnx" else (".pt", ".pth")
+    if args.format == "onnx":
+        from .export import require_onnx
+
+        require_onnx()  # before any work: the extra to install is the one line printed
+    model, cfg, file, out = _open(args, lambda cfg: f"{cfg.model.backbone}{suffixes[0]}", suffixes)
     size, dim = cfg.image_size, model.feature_dim
     if args.format == "torchvision":
         meta = export_torchvision(model, cfg, out, source=str(file))
@@ -419,7 +355,7 @@ def _export(args: argparse.Namespace) -> int:
             print(f"checked with onnxruntime: largest difference from PyTorch {diff:.2e}")
         except ImportError:
             pass
-    print("inputs: RGB scaled to [0, 1], then normalised with mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225)")
+    print(f"inputs: RGB scaled to [0, 1], then normalised with mean {IMAGENET_MEAN} and std {IMAGENET_STD}")
     return 0
 
 
@@ -427,8 +363,22 @@ def _name(source: str) -> str:
     return "the demo set" if source == "demo" else (Path(source).name or source)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad command line answered in one line (no usage block), exit status 2."""
+
+    def error(self, message: str):
+        import re
+
+        # "argument --loss: invalid choice: 'x' (choose from 'a', 'b')" in the words our own checks use
+        if found := re.fullmatch(r"argument (\S+): invalid choice: (.+) \(choose from (.+)\)", message):
+            message = f"{found[1]}: must be one of {found[3].replace(chr(39), '')}, got {found[2]}"
+        else:
+            message = re.sub(r"^argument (\S+): ", r"\1: ", message)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="simsiam", description="SimSiam self-supervised pretraining, evaluation and export.")
+    parser = _Parser(prog="simsiam", description="SimSiam self-supervised pretraining, evaluation and export.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     for add in (_add_evaluate, _add_embed, _add_neighbors, _add_map, _add_export):
@@ -436,22 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data import DataError
-    from .engine import NonFiniteLossError
-    from .train import RunError
-    from .evaluate import BackboneChangedError
-
-    return (ConfigError, DataError, RunError, NonFiniteLossError, CheckpointError, BackboneChangedError)
-
-
 def _report(command: str, e: Exception) -> int:
     """One line on stderr for an error, and the exit status: 2 bad input, 130 interrupted, 1 a bug."""
-    from .engine import TrainingInterrupted
+    if isinstance(e, ConfigError) and e.key:  # a library parameter: name it as the flag a user types
+        from .config import TrainConfig
+        from .options import flag_of
 
-    if isinstance(e, _expected_errors()):
+        e = e.named(flag_of(TrainConfig, e.key) or "--" + e.key.replace("_", "-"))
+    if isinstance(e, SimSiamError):
         print(f"simsiam {command}: error: {e}", file=sys.stderr)
         return 2
     if isinstance(e, TrainingInterrupted):
@@ -476,7 +418,12 @@ def _report(command: str, e: Exception) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) ends here too; a bad command line has been printed as one line
+        if e.code == 0:
+            raise
+        return int(e.code or 2)
     _quiet_libraries()
     # File names that are not valid UTF-8 reach Python as lone surrogates; print them
     # escaped rather than fail with UnicodeEncodeError halfway through a run.

@@ -15,7 +15,6 @@ config is what goes into the run folder and every checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,7 +130,7 @@ class TrainConfig:
         None, flag="--recipe", choices=tuple(RECIPES), help="named settings: cifar10 (paper, appendix D), imagenet (paper, section 4), demo, cpu"
     )
     epochs: int = option(100, flag="--epochs", check=at_least(1), resumable=True, help="passes over the training images")
-    batch_size: int = option(512, flag="--batch-size", check=at_least(2), help="global batch over all processes (batch norm needs two samples)")
+    batch_size: int = option(512, flag="--batch-size", check=at_least(2), help="global batch over all processes; batch norm needs at least 2")
     image_size: int | None = option(
         None, flag="--image-size", metavar="PX", check=in_range(8, MAX_IMAGE_SIZE), help="training resolution (default: the data's median shorter side, at most 224)"
     )
@@ -177,7 +176,7 @@ class TrainConfig:
         return to_dict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], base: "TrainConfig | None" = None, where: str = "config") -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any], base: TrainConfig | None = None, where: str = "config") -> TrainConfig:
         """A config from nested values over ``base``; unknown keys and wrong types raise ConfigError."""
         return update(base or cls(), values, where)
 

@@ -24,7 +24,7 @@ class ConfigError(SimSiamError, ValueError):
         self.key, self.reason = key, message
         super().__init__(f"{key}: {message}" if key else message)
 
-    def named(self, name: str) -> "ConfigError":
+    def named(self, name: str) -> ConfigError:
         """The same error, naming the option as ``name`` (a flag, or a key in a config file)."""
         return ConfigError(f"{name}: {self.reason}")
 

@@ -26,7 +26,8 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from .errors import ConfigError
 
@@ -110,7 +111,7 @@ def validate(obj: Any, prefix: str = "") -> None:
     Then a dataclass's own ``cross_checks()`` (rules between fields) are asked,
     as (key, message) pairs.
     """
-    for key, f, hint in walk(type(obj)):
+    for key, f, _ in walk(type(obj)):
         value = get(obj, key)
         if value is None:
             continue  # auto: filled later, checked then
@@ -148,11 +149,17 @@ def flag_of(cls: type, key: str) -> str | None:
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One argparse option per flagged field; ``dest`` is the dotted key and nothing is set unless typed."""
+    """One argparse option per flagged field; ``dest`` is the dotted key and nothing is set unless typed.
+
+    The options of a section (``model``, ``augment``, ...) are listed under its help text.
+    """
+    sections = {f.name: f.metadata["help"] for f in dataclasses.fields(cls) if f.name in _sections(cls)}
+    groups = {name: parser.add_argument_group(text) for name, text in sections.items()}
     for key, f, hint in walk(cls):
         meta = f.metadata
         if not meta.get("flag"):
             continue
+        target = groups.get(key.split(".")[0], parser) if "." in key else parser
         kwargs: dict[str, Any] = dict(dest=key, default=argparse.SUPPRESS, help=_help(f))
         base = _base_type(hint)
         if base is bool:
@@ -163,12 +170,17 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
                 kwargs["choices"] = meta["choices"]
             else:
                 kwargs["metavar"] = meta.get("metavar") or {int: "N", float: "X"}.get(base, "TEXT")
-        parser.add_argument(meta["flag"], **kwargs)
+        target.add_argument(meta["flag"], **kwargs)
+
+
+def _sections(cls: type) -> set[str]:
+    hints = typing.get_type_hints(cls)
+    return {name for name, hint in hints.items() if isinstance(hint, type) and dataclasses.is_dataclass(hint)}
 
 
 def _help(f: dataclasses.Field) -> str:
     text = f.metadata["help"]
-    if f.default is None or f.default is dataclasses.MISSING or "default" in text:
+    if f.default is None or f.default is dataclasses.MISSING or "default" in text or f.default == "default":
         return text
     shown = f.default if not isinstance(f.default, bool) else ("on" if f.default else "off")
     return f"{text} (default: {shown})"
