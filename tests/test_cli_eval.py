@@ -26,7 +26,18 @@ def run(tmp_path_factory):
             Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(root / "images" / name / f"{i}.png")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SIMSIAM_CACHE", str(root / "cache"))
-        args = ["train", str(root / "images"), "--out", str(root / "run"), "--epochs", "1", "--batch-size", "6", "--backbone", "resnet10-slim"]
+        args = [
+            "train",
+            str(root / "images"),
+            "--out",
+            str(root / "run"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "6",
+            "--backbone",
+            "resnet10-slim",
+        ]
         args += ["--proj-dim", "32", "--knn-k", "5", "--held-out", "0.2", "--quiet"]
         assert main(args) == 0
         yield root / "run", root / "images"
@@ -40,7 +51,23 @@ def run_cli(capsys, *args):
 
 def test_evaluate_prints_a_table_and_writes_json(run, capsys, tmp_path):
     folder, images = run
-    code, out, _ = run_cli(capsys, "evaluate", folder, "--train", images, "--test", images, "--knn-k", 5, "--linear", "--linear-epochs", 5, "--out", tmp_path / "e.json", "--quiet")
+    code, out, _ = run_cli(
+        capsys,
+        "evaluate",
+        folder,
+        "--train",
+        images,
+        "--test",
+        images,
+        "--knn-k",
+        5,
+        "--linear",
+        "--linear-epochs",
+        5,
+        "--out",
+        tmp_path / "e.json",
+        "--quiet",
+    )
     assert code == 0 and "kNN top-1" in out and "linear top-1" in out
     result = json.loads((tmp_path / "e.json").read_text())
     assert 0 <= result["knn"]["top1"] <= 1 and 0 <= result["linear"]["top1"] <= 1 and result["backbone_unchanged"]
@@ -50,13 +77,29 @@ def test_evaluate_prints_a_table_and_writes_json(run, capsys, tmp_path):
 def test_evaluate_reuses_cached_features(run, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("SIMSIAM_CACHE", str(tmp_path / "cache"))
     folder, images = run
-    args = ("evaluate", folder / "checkpoints" / "last.ckpt", "--train", images, "--test", images, "--knn-k", 5, "--cache-features", "--quiet", "--out", tmp_path / "e.json")
+    args = (
+        "evaluate",
+        folder / "checkpoints" / "last.ckpt",
+        "--train",
+        images,
+        "--test",
+        images,
+        "--knn-k",
+        5,
+        "--cache-features",
+        "--quiet",
+        "--out",
+        tmp_path / "e.json",
+    )
     assert run_cli(capsys, *args)[0] == 0
     first = json.loads((tmp_path / "e.json").read_text())
     cached = list((tmp_path / "cache" / "features").glob("*.pt"))
     assert len(cached) == 1 and first["train"]["feature_cache"] == str(cached[0])  # train and test are one image set
     assert run_cli(capsys, *args)[0] == 0
-    assert json.loads((tmp_path / "e.json").read_text())["knn"] == {**first["knn"], "seconds": pytest.approx(first["knn"]["seconds"], abs=10)}
+    assert json.loads((tmp_path / "e.json").read_text())["knn"] == {
+        **first["knn"],
+        "seconds": pytest.approx(first["knn"]["seconds"], abs=10),
+    }
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".npz"])
@@ -130,4 +173,6 @@ def test_bad_options_and_data_give_one_line_and_exit_2(run, capsys, tmp_path):
     Image.new("RGB", (16, 16)).save(flat / "a.png")
     one_line_error(*run_cli(capsys, "evaluate", folder, "--train", images, "--test", flat, "--quiet"), flat, "labels")
     one_line_error(*run_cli(capsys, "evaluate", folder, "--train", images, "--test", images, "--knn-k", 0), "--knn-k")
-    one_line_error(*run_cli(capsys, "neighbors", folder, images, "--query", tmp_path / "missing.png", "--quiet"), "missing.png")
+    one_line_error(
+        *run_cli(capsys, "neighbors", folder, images, "--query", tmp_path / "missing.png", "--quiet"), "missing.png", "no such file"
+    )

@@ -142,13 +142,14 @@ def test_messy_folder_skips_bad_files_with_one_warning_naming_each(messy):
 
 def test_the_gpu_decoding_path_skips_the_same_files(messy):
     """The nvJPEG path (torchvision's decode_jpeg), run here on the CPU: the same files decode, the same are named."""
-    from simsiam.data import _decode_all, _decode_all_gpu, list_images
+    from simsiam.data import list_images
+    from simsiam.decode import decode_files
 
     files, _, _ = list_images(messy)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision's deprecation notice, and the refused batch that goes to Pillow
-        images, keep, skipped = _decode_all_gpu(files, 16, torch.device("cpu"), strict=False, progress=False)
-    _, keep_pillow, skipped_pillow = _decode_all(files, 16, strict=False, progress=False)
+        images, keep, skipped = decode_files(files, 16, progress=False, jpeg_device="cpu")
+    _, keep_pillow, skipped_pillow = decode_files(files, 16, progress=False)
     assert keep == keep_pillow and skipped == skipped_pillow and len(skipped) == len(BAD)
     assert images[keep].shape == (GOOD, 3, 16, 16)
 
@@ -189,15 +190,15 @@ def test_unreadable_file_is_skipped_and_named(tmp_path, monkeypatch):
     locked = _write(root / "secret.png", _noise())
     if os.geteuid() == 0:
         # root reads any file whatever its mode, so make the open fail as it does for
-        # a user: Pillow gets the PermissionError that open() raises on mode 000.
-        real_open = Image.open
+        # a user: the PermissionError that the open system call raises on mode 000.
+        real_open = os.open
 
-        def guarded(fp, *args, **kwargs):
-            if str(fp).endswith("secret.png"):
-                raise PermissionError(errno.EACCES, "Permission denied", str(fp))
-            return real_open(fp, *args, **kwargs)
+        def guarded(path, *args, **kwargs):
+            if os.fspath(path).endswith("secret.png"):
+                raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+            return real_open(path, *args, **kwargs)
 
-        monkeypatch.setattr(Image, "open", guarded)
+        monkeypatch.setattr(os, "open", guarded)
     else:
         locked.chmod(0)
     with pytest.warns(SkippedImagesWarning, match=r"skipped 1 of 5 .*secret\.png: cannot read \(Permission denied\)"):
@@ -298,17 +299,20 @@ BAD_OPTIONS = {
     "missing config": (lambda t: ["--config", str(t / "none.yaml")], "none.yaml: config file not found"),
     "zero batch": (lambda t: ["--batch-size", "0"], "--batch-size: must be at least 2"),
     "negative epochs": (lambda t: ["--epochs", "-3"], "--epochs: must be at least 1"),
-    "zero image size": (lambda t: ["--image-size", "0"], "--image-size: must be at least 8"),
-    "zero projection": (lambda t: ["--proj-dim", "0"], "model.proj_dim: must be positive"),
-    "zero predictor": (lambda t: ["--pred-hidden-dim", "0"], "--pred-hidden-dim: must be positive"),
+    "zero image size": (lambda t: ["--image-size", "0"], "--image-size: must be in [8, "),
+    "zero projection": (lambda t: ["--proj-dim", "0"], "--proj-dim: must be at least 1, got 0"),
+    "zero predictor": (lambda t: ["--pred-hidden-dim", "0"], "--pred-hidden-dim: must be at least 1, got 0"),
     "negative lr": (lambda t: ["--lr", "-0.1"], "--lr: must be positive"),
     "negative seed": (lambda t: ["--seed", "-1"], "--seed: must be in"),
     "bad precision": (lambda t: ["--precision", "fp7"], "--precision: must be one of"),
     "bad compile mode": (lambda t: ["--compile-mode", "fastest"], "--compile-mode: must be one of default, reduce-overhead"),
-    "compile mode without compile": (lambda t: ["--compile-mode", "reduce-overhead", "--no-compile"], "--compile-mode: applies to the compiled step"),
+    "compile mode without compile": (
+        lambda t: ["--compile-mode", "reduce-overhead", "--no-compile"],
+        "--compile-mode: applies to the compiled step",
+    ),
     "bad hue": (lambda t: ["--config", _yaml(t, "augment: {hue: 0.9}\n")], "augment.hue: must be in [0, 0.5]"),
-    "bad ratio": (lambda t: ["--config", _yaml(t, "augment: {ratio: [2, 1]}\n")], "augment.ratio: need 0 < ratio[0] <= ratio[1]"),
-    "unknown backbone": (lambda t: ["--backbone", "vgg11"], "--backbone: unknown backbone 'vgg11'"),
+    "bad ratio": (lambda t: ["--config", _yaml(t, "augment: {ratio: [2, 1]}\n")], "augment.ratio: need 0 < first <= second"),
+    "unknown backbone": (lambda t: ["--backbone", "nosuchnet"], "--backbone: unknown backbone 'nosuchnet'"),
     "batch larger than the data": (lambda t: ["--batch-size", "64"], "--batch-size: 64 is larger than the 10 training images"),
 }
 

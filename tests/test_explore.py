@@ -74,3 +74,82 @@ def test_map_falls_back_to_pca_without_umap(monkeypatch):
     assert nearest.tolist() == [i for i in range(3) for _ in range(10)]
     with pytest.raises(ConfigError, match="umap-learn"):
         project_2d(feats, "umap")
+
+
+# -- the neighbours grid, as `simsiam neighbors` draws it ------------------------------------------
+
+
+@pytest.fixture
+def bank(tmp_path):
+    from PIL import Image
+
+    from simsiam.data import load
+
+    rng = np.random.default_rng(0)
+    for c, colour in enumerate([(220, 30, 30), (30, 30, 220)]):
+        (tmp_path / "bank" / f"class{c}").mkdir(parents=True)
+        for i in range(5):
+            pixels = np.asarray(colour) + rng.normal(0, 15, (16, 16, 3))
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(tmp_path / "bank" / f"class{c}" / f"{i}.png")
+    return load(tmp_path / "bank", progress=False)
+
+
+def _model_and_features(bank):
+    from simsiam.evaluate import features_of
+    from simsiam.model import SimSiam
+
+    model = SimSiam("resnet10-slim", small_images=True, proj_dim=16).eval()
+    return model, features_of(model, bank.images, "cpu")[0]
+
+
+def test_neighbor_grid_of_random_queries_leaves_each_query_out(bank, tmp_path):
+    from simsiam.explore import neighbor_grid, plot_neighbors
+
+    model, feats = _model_and_features(bank)
+    grid = neighbor_grid(model, bank, feats, num_queries=4, k=3, seed=1)
+    assert grid.images.shape == (4, 3, 16, 16) and grid.idx.shape == grid.sims.shape == (4, 3)
+    for query, image, row in zip(grid.bank_index.tolist(), grid.images, grid.idx.tolist()):
+        assert torch.equal(bank.images[query], image) and query not in row
+    assert all(lab is not None for lab in grid.labels) and 0 <= grid.agreement <= 1
+    expected = (bank.labels[grid.idx] == torch.tensor(grid.labels)[:, None]).float().mean().item()
+    assert grid.agreement == pytest.approx(expected)
+    plot_neighbors(grid, bank, tmp_path / "n.png", title="t")
+    assert (tmp_path / "n.png").stat().st_size > 1000
+
+
+def test_neighbor_grid_of_query_files(bank, tmp_path):
+    from PIL import Image
+
+    from simsiam.data import DataError
+    from simsiam.explore import neighbor_grid
+
+    model, feats = _model_and_features(bank)
+    inside = bank.paths[7]  # one of the bank's own files: not its own neighbour, and its label is known
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (20, 20), (200, 40, 40)).save(outside)
+    grid = neighbor_grid(model, bank, feats, queries=[inside, outside], k=9)
+    assert grid.bank_index.tolist() == [7, -1] and 7 not in grid.idx[0].tolist() and grid.idx.shape == (2, 9)
+    assert grid.labels == [int(bank.labels[7]), None] and grid.agreement is None
+    assert grid.names[1] == f"{tmp_path.name}/outside.png"
+    with pytest.raises(DataError, match=r"^query image .*missing\.png: no such file$"):
+        neighbor_grid(model, bank, feats, queries=[tmp_path / "missing.png"])
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(DataError, match=r"^query image .*notes\.png: not an image"):
+        neighbor_grid(model, bank, feats, queries=[tmp_path / "notes.png"])
+    with pytest.raises(DataError, match="one image only"):
+        neighbor_grid(model, bank.subset(torch.tensor([0])), feats[:1])
+
+
+def test_importing_simsiam_changes_no_global_state():
+    """No Lightning, no pyplot, no matplotlib backend chosen, Pillow's limits untouched: until a function needs them."""
+    import subprocess
+
+    code = (
+        "import sys, matplotlib, PIL.Image as I; limit = I.MAX_IMAGE_PIXELS; "
+        "backend = matplotlib.rcParams._get_backend_or_none(); "
+        "import simsiam, simsiam.data, simsiam.decode, simsiam.evaluate, simsiam.explore, simsiam.export; "
+        "print(sorted(m for m in ('lightning', 'matplotlib.pyplot') if m in sys.modules), "
+        "I.MAX_IMAGE_PIXELS == limit, matplotlib.rcParams._get_backend_or_none() == backend)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[] True True", done.stderr[-2000:]

@@ -1,5 +1,6 @@
 """Export: the torchvision state_dict and the ONNX graph compute the checkpoint's features."""
 
+import dataclasses
 import json
 
 import pytest
@@ -7,15 +8,15 @@ import torch
 import torchvision
 
 from simsiam.config import TrainConfig, resolve
-from simsiam.engine import build_model
 from simsiam.export import check_onnx, export_onnx, export_torchvision, loading_code
+from simsiam.model import SimSiam
 
 
 def trained_like(backbone: str, image_size: int, small_images: bool | None = None):
     """A model as a checkpoint gives it back: resolved config, eval mode, BN statistics that are not the defaults."""
     cfg = TrainConfig.from_dict({"model": {"backbone": backbone, "small_images": small_images, "proj_dim": 16}})
     cfg = resolve(cfg, image_size, on_gpu=False)
-    model = build_model(cfg)
+    model = SimSiam(**dataclasses.asdict(cfg.model))
     with torch.no_grad():
         model.train()
         model(torch.randn(4, 3, image_size, image_size), torch.randn(4, 3, image_size, image_size))
@@ -66,3 +67,20 @@ def test_onnx_matches_pytorch_at_any_batch_size(tmp_path):
     assert json.loads({p.key: p.value for p in graph.metadata_props}["image_size"]) == 16
     for batch in (1, 5):
         assert check_onnx(model, file, torch.randn(batch, 3, 16, 16)) < 1e-4
+
+
+def test_onnx_export_without_the_onnx_package_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    from simsiam.errors import SimSiamError
+    from simsiam.export import require_onnx
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` raise ImportError
+    model, cfg = trained_like("resnet10-slim", 16)
+    out = tmp_path / "backbone.onnx"
+    with pytest.raises(SimSiamError) as info:
+        export_onnx(model, cfg, out)
+    assert str(info.value) == "ONNX export needs the onnx package, which is not installed: pip install 'simsiam[onnx]'"
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    with pytest.raises(SimSiamError, match=r"simsiam\[onnx\]"):
+        require_onnx()  # what a caller runs before any costly work

@@ -9,50 +9,48 @@ augmentation. Three sources are understood:
 - the bundled demo set (``data=None``): 5,000 labeled 32x32 images of CIFAR-10's
   validation split, stored as their JPEG bytes in one 5 MB file.
 
-Decoding uses Pillow (torchvision's own image datasets use it too): it reads every
-format people keep images in (BMP and TIFF included), applies EXIF rotation,
-converts palette, CMYK, 16-bit and alpha images to RGB, and decodes large JPEGs
-at a reduced scale (``draft``), which is most of the cost on big photos. Every
-image is resized (shorter side to S) and centre-cropped to S x S, once; the
-result is saved under ~/.cache/simsiam (or $SIMSIAM_CACHE) and reused while the
-files are unchanged.
+Images are decoded by :mod:`simsiam.decode` (resized, shorter side to S, and
+centre-cropped to S x S, once); the result is saved in the disk cache
+(``$SIMSIAM_CACHE``, see :mod:`simsiam.io`) and reused while the files are
+unchanged.
+
+Reading DATA never runs code and never reads our own outputs: CIFAR batches are
+unpickled with a restricted unpickler that admits only the types the format
+uses (:func:`simsiam.decode.read_cifar_pickle`), and a simsiam run folder inside
+DATA (``cd photos && simsiam train .``) is left out, with a warning naming it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import pickle
 import statistics
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
-from tqdm.auto import tqdm
 
-from .io import atomic_write
+from .decode import decode_files, decode_image, image_size_of, read_cifar_pickle, show_path
+from .errors import DataError
+from .io import cache_dir, load_cached, save_cached
+
+__all__ = ["ImageSet", "DataError", "SkippedImagesWarning", "load", "load_folder", "load_cifar", "load_demo", "list_images"]
+__all__ += ["is_run_folder", "cache_dir", "decode_image", "show_path"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEMO_FILE = Path(__file__).parent / "demo" / "cifar10_demo.npz"
 DEFAULT_MAX_SIZE = 224
 CACHE_VERSION = 1
-# Refuse decompression bombs far beyond any photo, but allow big satellite tiles.
-Image.MAX_IMAGE_PIXELS = 1 << 30
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file or folder at fault."""
+MAX_NAMED = 50  # files named one by one in a warning; the rest are counted
 
 
 class SkippedImagesWarning(UserWarning):
-    """Some files could not be decoded and were left out (see --strict)."""
+    """Some files or folders of DATA were left out: undecodable, unreadable, or a run folder (see --strict)."""
 
 
 @dataclass
@@ -72,7 +70,7 @@ class ImageSet:
     def image_size(self) -> int:
         return self.images.shape[-1]
 
-    def subset(self, index: torch.Tensor) -> "ImageSet":
+    def subset(self, index: torch.Tensor) -> ImageSet:
         index = torch.as_tensor(index, dtype=torch.long)
         return ImageSet(
             images=self.images[index],
@@ -82,12 +80,14 @@ class ImageSet:
             source=self.source,
         )
 
-    def split(self, held_out: float, seed: int = 0) -> tuple["ImageSet", "ImageSet"]:
+    def split(self, held_out: float, seed: int = 0) -> tuple[ImageSet, ImageSet]:
         """A random split, stratified by label: (rest, held-out fraction)."""
         g = torch.Generator().manual_seed(seed)
-        groups = [torch.arange(len(self))] if self.labels is None else [
-            torch.nonzero(self.labels == c).flatten() for c in range(len(self.classes))
-        ]
+        groups = (
+            [torch.arange(len(self))]
+            if self.labels is None
+            else [torch.nonzero(self.labels == c).flatten() for c in range(len(self.classes))]
+        )
         keep, out = [], []
         for idx in groups:
             idx = idx[torch.randperm(len(idx), generator=g)]
@@ -97,117 +97,93 @@ class ImageSet:
         return self.subset(torch.cat(keep).sort().values), self.subset(torch.cat(out).sort().values)
 
 
-# -- decoding ------------------------------------------------------------------------
-
-
-def decode_image(source: str | Path | bytes, size: int) -> torch.Tensor:
-    """One image file (or its bytes) as a (3, size, size) uint8 tensor, RGB.
-
-    Shorter side resized to ``size`` (antialiased), then centre-cropped.
-    Raises DataError, naming the file, for anything that cannot be read or decoded
-    (Pillow raises a dozen exception types for broken files; callers see one).
-
-    >>> decode_image(b"not an image", 8)
-    Traceback (most recent call last):
-    ...
-    simsiam.data.DataError: image bytes: not an image (no format recognised)
-    """
-    try:
-        return _decode(source, size)
-    except Exception as e:  # Pillow's parsers also raise SyntaxError, struct.error, IndexError, MemoryError, ...
-        name = "image bytes" if isinstance(source, bytes) else show_path(source)
-        if isinstance(e, OSError) and e.errno is not None:  # the file itself: missing, unreadable, a link loop
-            raise DataError(f"{name}: cannot read ({e.strerror})") from e
-        if isinstance(e, UnidentifiedImageError):
-            raise DataError(f"{name}: not an image (no format recognised)") from e
-        raise DataError(f"{name}: cannot decode image ({type(e).__name__}: {_short(e)})") from e
-
-
-def _short(e: BaseException) -> str:
-    text = " ".join(str(e).split()).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return text if len(text) <= 160 else text[:157] + "..."
-
-
-def show_path(path: str | Path) -> str:
-    """A path as text that can always be printed: bytes that are not UTF-8 show as \\xNN escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def _decode(source: str | Path | bytes, size: int) -> torch.Tensor:
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-        if img.format == "JPEG":
-            img.draft("RGB", (size, size))  # decode at 1/2, 1/4 or 1/8 scale when that still covers size
-        img = ImageOps.exif_transpose(img)
-        img = _to_rgb(img)
-        img = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
-        array = np.asarray(img, dtype=np.uint8)  # (S, S, 3)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit and 32-bit integer images: scale the full range to 8 bits
-        # (Pillow's plain convert("RGB") would clip everything above 255).
-        array = np.asarray(img, dtype=np.float64)
-        hi = array.max() if array.size else 1.0
-        scale = 255.0 / (65535.0 if hi > 255 else 255.0)
-        img = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), mode="L")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        # Transparent pixels over white, as a viewer shows them, not over black.
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, img)
-    return img.convert("RGB")
-
-
 # -- folders -------------------------------------------------------------------------
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether ``path`` holds a simsiam run (its checkpoint, or its config with any of the files a run writes)."""
+    path = Path(path)
+    if (path / "checkpoints" / "last.ckpt").is_file():
+        return True
+    return (path / "config.yaml").is_file() and any(
+        (path / name).exists() for name in ("metrics.csv", "metrics.json", "training.png", "checkpoints")
+    )
 
 
 def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def list_images(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
-    """Image files under ``root``, and labels when the images sit in class subfolders.
-
-    Hidden files and folders are skipped; symbolic links are followed once (loops
-    are cut by remembering the real paths visited); folders that cannot be read
-    are skipped with a warning naming them.
-    """
+def _walk(root: Path, exclude: set[str]) -> tuple[list[Path], dict[str, str], list[Path]]:
+    """Image files under ``root``; the folders that could not be read (real path -> text); the folders left out."""
     files: list[Path] = []
     seen: set[str] = set()
-    unreadable: dict[str, str] = {}  # real path -> what to show
+    unreadable: dict[str, str] = {}
+    left_out: list[Path] = []
 
     def note_unreadable(e: OSError) -> None:
         if os.path.realpath(e.filename) != os.path.realpath(root):
             unreadable[os.path.realpath(e.filename)] = f"{show_path(e.filename)} ({e.strerror})"
 
-    if not os.access(root, os.R_OK | os.X_OK):
-        raise DataError(f"{show_path(root)}: cannot read the folder (permission denied)")
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=note_unreadable):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames[:] = []
             continue
         seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        keep = []
+        for d in sorted(d for d in dirnames if not _is_hidden(d)):
+            sub = Path(dirpath) / d
+            if os.path.realpath(sub) in exclude or is_run_folder(sub):
+                left_out.append(sub)
+            else:
+                keep.append(d)
+        dirnames[:] = keep
         for name in sorted(filenames):
-            if not _is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS):
-                files.append(Path(dirpath) / name)
+            path = Path(dirpath) / name
+            if not _is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS) and os.path.realpath(path) not in exclude:
+                files.append(path)
+    return files, unreadable, left_out
+
+
+def list_images(root: Path, exclude: Iterable[str | Path] = ()) -> tuple[list[Path], list[int] | None, list[str]]:
+    """Image files under ``root``, and labels when the images sit in class subfolders.
+
+    Hidden files and folders are skipped; symbolic links are followed once (loops
+    are cut by remembering the real paths visited); folders that cannot be read
+    are skipped with a warning naming them. Simsiam run folders (see
+    :func:`is_run_folder`) and the paths in ``exclude`` (files or folders: a
+    run's own output folder, say) are never read, and a warning names them.
+    """
+    root = Path(root)
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise DataError(f"{show_path(root)}: cannot read the folder (permission denied)")
+    excluded = {os.path.realpath(p) for p in exclude} - {os.path.realpath(root)}
+    files, unreadable, left_out = _walk(root, excluded)
     if unreadable:
-        shown = "; ".join(unreadable.values())
+        shown = ", ".join(sorted(unreadable.values())[:MAX_NAMED])
         warnings.warn(f"skipped {len(unreadable)} folder(s) that cannot be read: {shown}", SkippedImagesWarning, stacklevel=2)
+    if left_out:
+        shown = ", ".join(show_path(p.relative_to(root)) for p in left_out[:MAX_NAMED])
+        warnings.warn(f"{show_path(root)}: left out {len(left_out)} simsiam run or output folder(s), never read as data: {shown}",
+                      SkippedImagesWarning, stacklevel=2)  # fmt: skip
     top_level = [f for f in files if f.parent == root]
     class_dirs = sorted({f.relative_to(root).parts[0] for f in files if f.parent != root})
     if top_level or not class_dirs:
         return files, None, []
+    holds_left_out = {p.relative_to(root).parts[0] for p in left_out}
     empty = sorted(
         d.name
         for d in root.iterdir()
-        if d.is_dir() and not _is_hidden(d.name) and d.name not in class_dirs and os.path.realpath(d) not in unreadable
-    )
+        if d.is_dir() and not _is_hidden(d.name) and d.name not in class_dirs and d.name not in holds_left_out
+        and os.path.realpath(d) not in unreadable and os.path.realpath(d) not in excluded
+    )  # fmt: skip
     if empty:
-        warnings.warn(f"{show_path(root)}: class folders with no images are ignored: {', '.join(empty)}", SkippedImagesWarning, stacklevel=2)
+        warnings.warn(
+            f"{show_path(root)}: class folders with no images are ignored: {', '.join(map(show_path, empty))}",
+            SkippedImagesWarning,
+            stacklevel=2,
+        )
     index = {c: i for i, c in enumerate(class_dirs)}
     labels = [index[f.relative_to(root).parts[0]] for f in files]
     return files, labels, class_dirs
@@ -215,13 +191,8 @@ def list_images(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
 
 def _auto_size(files: list[Path], max_size: int = DEFAULT_MAX_SIZE) -> int:
     """The median shorter side of a sample of the images, capped at ``max_size``."""
-    sides = []
-    for f in files[:: max(1, len(files) // 200)][:200]:
-        try:
-            with Image.open(f) as img:
-                sides.append(min(img.size))
-        except Exception:  # unreadable files are reported by the decoding pass
-            continue
+    sizes = [image_size_of(f) for f in files[:: max(1, len(files) // 200)][:200]]
+    sides = [min(s) for s in sizes if s is not None]
     return min(max_size, int(statistics.median(sides))) if sides else max_size
 
 
@@ -238,55 +209,21 @@ def _cache_key(kind: str, root: Path, files: list[Path], size: int) -> str:
     return h.hexdigest()[:20]
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("SIMSIAM_CACHE", Path.home() / ".cache" / "simsiam"))
-
-
-def _load_cached(key: str) -> dict | None:
-    path = cache_dir() / f"{key}.pt"
-    if not path.exists():
-        return None
-    try:
-        return torch.load(path, weights_only=True)
-    except Exception:
-        return None  # a stale or damaged cache is rebuilt, never trusted
-
-
-def _save_cached(key: str, payload: dict) -> None:
-    path = cache_dir() / f"{key}.pt"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as fh:
-            torch.save(payload, fh)  # streamed: the cache can be larger than a second copy in memory
-    except (OSError, RuntimeError) as e:  # a read-only home or a full disk only costs the next run a decode
-        # (torch's zip writer reports a failed write to a file object as RuntimeError "unexpected pos")
-        warnings.warn(f"could not write the image cache {path}: {e}", stacklevel=2)
-
-
-def _decode_all(files: list[Path], size: int, strict: bool, progress: bool) -> tuple[torch.Tensor, list[int], list[str]]:
-    """Decode ``files`` with Pillow into one tensor; returns it, the indices that decoded, and why the others did not."""
-    out = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
-    bad: dict[int, str] = {}
-
-    def work(i: int) -> None:
-        try:
-            out[i] = decode_image(files[i], size)
-        except DataError as e:
-            if strict:
-                raise
-            bad[i] = str(e)
-
-    pool = ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) + 1))
-    try:
-        list(tqdm(pool.map(work, range(len(files))), total=len(files), desc="decoding images", disable=not progress, unit="img"))
-    finally:
-        # On --strict's first bad file (or Ctrl-C), do not decode the rest of the folder first.
-        pool.shutdown(wait=True, cancel_futures=True)
-    keep = [i for i in range(len(files)) if i not in bad]
-    return out, keep, [bad[i] for i in sorted(bad)]
-
-
-MAX_NAMED = 50  # files named one by one in the warning; the rest are counted
+def _is_image_cache(obj: Any, size: int) -> bool:
+    """Whether ``obj`` is what load_folder saves: images, labels, classes, paths and skipped that fit together."""
+    if not isinstance(obj, dict) or not {"images", "labels", "classes", "paths", "skipped"} <= obj.keys():
+        return False
+    images, labels, classes = obj["images"], obj["labels"], obj["classes"]
+    if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and tuple(images.shape[1:]) == (3, size, size)):
+        return False
+    n = images.shape[0]
+    texts = all(isinstance(x, list) and all(isinstance(s, str) for s in x) for x in (classes, obj["paths"], obj["skipped"]))
+    if not texts or len(obj["paths"]) != n:
+        return False
+    if labels is None:
+        return True
+    return (isinstance(labels, torch.Tensor) and labels.dtype == torch.long and tuple(labels.shape) == (n,)
+            and (n == 0 or (int(labels.min()) >= 0 and int(labels.max()) < len(classes))))  # fmt: skip
 
 
 def _warn_skipped(reasons: list[str], total: int) -> None:
@@ -301,89 +238,27 @@ def _warn_skipped(reasons: list[str], total: int) -> None:
     )
 
 
-_JPEG_EXTENSIONS = (".jpg", ".jpeg")
-
-
-def _fit_on_device(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(n, 3, H, W) uint8 -> (n, 3, size, size) uint8: shorter side to size (antialiased), centre crop."""
-    h, w = images.shape[-2:]
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    x = images.float()
-    if (new_h, new_w) != (h, w):
-        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return x[..., top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)
-
-
-def _decode_all_gpu(files: list[Path], size: int, device: torch.device, strict: bool, progress: bool, batch: int = 256):
-    """JPEGs decoded by nvJPEG on the GPU in batches (torchvision.io.decode_jpeg); the rest by Pillow.
-
-    For folders of large JPEGs CPU decoding is the bottleneck of building the
-    cache; the GPU decodes a batch of 256x256 JPEGs many times faster. A batch that
-    nvJPEG refuses (a corrupt or CMYK file, say) is decoded file by file on the CPU.
-    """
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    out = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
-    jpeg = [i for i, f in enumerate(files) if f.suffix.lower() in _JPEG_EXTENSIONS]
-    others = sorted(set(range(len(files))) - set(jpeg))
-    fallback: list[int] = list(others)
-    bar = tqdm(total=len(files), desc="decoding images (GPU)", disable=not progress, unit="img")
-
-    def read(i: int) -> torch.Tensor | None:
-        try:
-            return torch.frombuffer(bytearray(files[i].read_bytes()), dtype=torch.uint8)
-        except (OSError, ValueError):  # unreadable, a dangling link, a link loop, zero bytes: Pillow's pass names it
-            return None
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        for start in range(0, len(jpeg), batch):
-            chunk = jpeg[start : start + batch]
-            bar.update(len(chunk))
-            blobs = list(pool.map(read, chunk))
-            fallback += [i for i, blob in zip(chunk, blobs) if blob is None]
-            chunk, blobs = [i for i, blob in zip(chunk, blobs) if blob is not None], [b for b in blobs if b is not None]
-            if not chunk:
-                continue
-            try:
-                decoded = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
-            except Exception as e:  # nvJPEG refuses the whole batch for one bad file
-                warnings.warn(f"GPU decoding refused a batch ({type(e).__name__}: {e}); decoding it with Pillow", stacklevel=2)
-                fallback += chunk
-            else:
-                by_shape: dict[tuple[int, ...], list[int]] = {}
-                for j, image in enumerate(decoded):
-                    by_shape.setdefault(tuple(image.shape), []).append(j)
-                for members in by_shape.values():  # one resize per distinct shape, not per image
-                    fitted = _fit_on_device(torch.stack([decoded[j] for j in members]), size).cpu()
-                    out[[chunk[j] for j in members]] = fitted
-    bar.close()
-    if not fallback:
-        return out, list(range(len(files))), []
-    order = sorted(fallback)
-    rest, keep_rest, skipped = _decode_all([files[i] for i in order], size, strict, progress)
-    out[[order[j] for j in keep_rest]] = rest[keep_rest]
-    bad = {order[j] for j in set(range(len(order))) - set(keep_rest)}
-    return out, [i for i in range(len(files)) if i not in bad], skipped
-
-
 def load_folder(
-    root: Path, image_size: int | None = None, strict: bool = False, progress: bool = True, decode_device: str | None = None
+    root: Path,
+    image_size: int | None = None,
+    strict: bool = False,
+    progress: bool = True,
+    decode_device: str | None = None,
+    exclude: Iterable[str | Path] = (),
 ) -> ImageSet:
-    files, labels, classes = list_images(root)
+    """An image folder as an ImageSet, decoded once and then read from the disk cache; see :func:`load`."""
+    root = Path(root)
+    files, labels, classes = list_images(root, exclude)
     if not files:
         raise DataError(f"{show_path(root)}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
     size = image_size or _auto_size(files)
-    key = _cache_key("folder", root, files, size)
-    cached = _load_cached(key)
-    if cached is not None and strict and cached.get("skipped"):
+    name = f"{_cache_key('folder', root, files, size)}.pt"
+    cached = load_cached(name, lambda obj: _is_image_cache(obj, size), "image cache")
+    if cached is not None and strict and cached["skipped"]:
         raise DataError(cached["skipped"][0])
     if cached is None:
-        if decode_device is not None and torch.device(decode_device).type == "cuda":
-            images, keep, skipped = _decode_all_gpu(files, size, torch.device(decode_device), strict, progress)
-        else:
-            images, keep, skipped = _decode_all(files, size, strict, progress)
+        on_gpu = decode_device is not None and torch.device(decode_device).type == "cuda"
+        images, keep, skipped = decode_files(files, size, strict=strict, progress=progress, jpeg_device=decode_device if on_gpu else None)
         _warn_skipped(skipped, len(files))
         if not keep:
             raise DataError(f"{show_path(root)}: none of the {len(files)} image files could be decoded")
@@ -394,9 +269,9 @@ def load_folder(
             paths=[str(files[i]) for i in keep],
             skipped=skipped,  # so that a run from the cache warns about them too
         )
-        _save_cached(key, cached)
+        save_cached(name, cached, "image cache")
     else:
-        _warn_skipped(list(cached.get("skipped", [])), len(files))
+        _warn_skipped(list(cached["skipped"]), len(files))
     return ImageSet(cached["images"], cached["labels"], list(cached["classes"]), list(cached["paths"]), str(root))
 
 
@@ -409,25 +284,35 @@ def _is_cifar(path: Path) -> bool:
     return (path / "data_batch_1").is_file() or (path / "test_batch").is_file()
 
 
+def _cifar_batch(f: Path) -> tuple[np.ndarray, list[int]]:
+    batch = read_cifar_pickle(f)
+    try:
+        data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = [int(x) for x in batch["labels"]]
+        if len(labels) != len(data) or not all(0 <= x < 256 for x in labels):
+            raise ValueError(f"{len(data)} images but {len(labels)} labels, or labels out of range")
+    except Exception as e:
+        raise DataError(f"{show_path(f)}: not a CIFAR-10 python batch ({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+    return data, labels
+
+
 def load_cifar(path: Path, image_size: int | None = None) -> ImageSet:
     """The CIFAR-10 python version: a folder (its data_batch_* files) or one batch file."""
+    path = Path(path)
     files = [path] if path.is_file() else sorted(path.glob("data_batch_*")) or [path / "test_batch"]
     meta = (path.parent if path.is_file() else path) / "batches.meta"
     images, labels, paths = [], [], []
     for f in files:
-        try:
-            with open(f, "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
-            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            labels += list(batch[b"labels"])
-        except Exception as e:
-            raise DataError(f"{f}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from e
+        data, batch_labels = _cifar_batch(f)
         images.append(torch.from_numpy(data))
+        labels += batch_labels
         paths += [f"{f}#{i}" for i in range(len(data))]
-    classes = [str(i) for i in range(10)]
+    classes = [str(i) for i in range(max(10, max(labels, default=0) + 1))]
     if meta.is_file():
-        with open(meta, "rb") as fh:
-            classes = [c.decode() for c in pickle.load(fh, encoding="bytes")[b"label_names"]]
+        names = read_cifar_pickle(meta).get("label_names")
+        if not isinstance(names, list) or len(names) <= max(labels, default=0):
+            raise DataError(f"{show_path(meta)}: not CIFAR-10 batch metadata (no label_names for every label)")
+        classes = [c.decode("utf-8", "backslashreplace") if isinstance(c, bytes) else str(c) for c in names]
     x = torch.cat(images)
     if image_size and image_size != 32:
         x = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", antialias=True).round().clamp(0, 255).to(torch.uint8)
@@ -448,11 +333,18 @@ def load_demo(image_size: int | None = None) -> ImageSet:
 
 
 def load(
-    data: str | Path | None, image_size: int | None = None, strict: bool = False, progress: bool = True, decode_device: str | None = None
+    data: str | Path | None,
+    image_size: int | None = None,
+    strict: bool = False,
+    progress: bool = True,
+    decode_device: str | None = None,
+    exclude: Iterable[str | Path] = (),
 ) -> ImageSet:
     """Load DATA as the CLI understands it: None (the demo set), an image folder, or CIFAR-10 batches.
 
-    decode_device="cuda" decodes the JPEGs of a folder on the GPU (when the cache is built).
+    decode_device="cuda" decodes the JPEGs of a folder on the GPU (when the cache
+    is built). ``exclude`` names files or folders inside DATA never to read (a
+    run's own output folder); run folders of simsiam are left out anyway.
 
     >>> ds = load(None)
     >>> ds.images.shape, ds.images.dtype, len(ds.classes)
@@ -467,4 +359,4 @@ def load(
         return load_cifar(path, image_size)
     if not path.is_dir():
         raise DataError(f"{show_path(path)}: expected a folder of images or a CIFAR-10 python batch")
-    return load_folder(path, image_size, strict=strict, progress=progress, decode_device=decode_device)
+    return load_folder(path, image_size, strict=strict, progress=progress, decode_device=decode_device, exclude=exclude)

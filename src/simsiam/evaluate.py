@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD
-from .data import DataError, ImageSet
+from .data import ImageSet
+from .errors import BackboneChangedError, DataError
+from .io import cache_path, eval_mode, load_cached, save_cached, show_path
+
+__all__ = ["BackboneChangedError", "normalize_images", "extract_features", "knn_predict", "knn_accuracy", "z_std"]
+__all__ += ["collapse_level", "backbone_snapshot", "check_unchanged", "linear_probe", "feature_cache_key", "features_of"]
+__all__ += ["align_labels", "evaluate_encoder"]
 
 
 def normalize_images(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
@@ -43,8 +47,6 @@ def extract_features(
     The model's train/eval state is restored afterwards.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     out = []
     batches = range(0, images.shape[0], batch_size)
     if progress:
@@ -56,15 +58,13 @@ def extract_features(
 
     bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_units())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    try:
+    with eval_mode(model):
         for start in batches:
             x = normalize_images(images[start : start + batch_size].to(device, non_blocking=True))
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
                 out.append(model.features(x).float())
-    finally:
-        model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, getattr(model, "feature_dim", 0), device=device)
 
 
@@ -132,10 +132,6 @@ def collapse_level(std: float, dim: int) -> float:
 
 
 # -- the linear probe ------------------------------------------------------------------------
-
-
-class BackboneChangedError(RuntimeError):
-    """A frozen backbone changed during evaluation: a weight or a BN running statistic moved."""
 
 
 def backbone_snapshot(backbone: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -255,28 +251,23 @@ def features_of(
     """Backbone features (N, D) on ``device``; with ``cache_key``, read from or saved to the feature cache.
 
     Returns the features and the cache file when one was used. The cache lives
-    beside the image cache (``$SIMSIAM_CACHE/features``).
+    beside the image cache (``$SIMSIAM_CACHE/features``, see :mod:`simsiam.io`);
+    an entry that is damaged or does not fit ``images`` is named in a warning and
+    extracted again.
     """
-    from .data import cache_dir
-
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    file = cache_dir() / "features" / f"{cache_key}.pt" if cache_key else None
-    if file is not None and file.exists():
-        try:
-            return torch.load(file, map_location=device, weights_only=True), file
-        except Exception:  # a damaged cache entry is recomputed, never trusted
-            pass
+    name = f"features/{cache_key}.pt" if cache_key else None
+    if name is not None:
+
+        def fits(x) -> bool:
+            return isinstance(x, torch.Tensor) and x.is_floating_point() and x.ndim == 2 and x.shape[0] == images.shape[0]
+
+        cached = load_cached(name, fits, "feature cache", map_location=device)
+        if cached is not None:
+            return cached, cache_path(name)
     model.to(device)
     feats = extract_features(model, images, batch_size=batch_size, device=device, progress=progress)  # (N, D)
-    if file is not None:
-        try:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_suffix(f".tmp{os.getpid()}")
-            torch.save(feats.cpu(), tmp)
-            os.replace(tmp, file)
-        except OSError as e:  # a read-only cache only costs the next run an extraction
-            warnings.warn(f"could not write the feature cache {file}: {e}", stacklevel=2)
-            file = None
+    file = save_cached(name, feats.cpu(), "feature cache") if name is not None else None
     return feats, file
 
 
@@ -287,10 +278,11 @@ def align_labels(train: ImageSet, test: ImageSet) -> torch.Tensor:
     """The test labels renumbered into the training set's classes (matched by name)."""
     if train.labels is None or test.labels is None:
         which = train.source if train.labels is None else test.source
-        raise DataError(f"{which}: no labels; evaluation needs one subfolder per class (or CIFAR-10 batches)")
+        raise DataError(f"{show_path(which)}: no labels; evaluation needs one subfolder per class (or CIFAR-10 batches)")
     unknown = sorted(set(test.classes) - set(train.classes))
     if unknown:
-        raise DataError(f"{test.source}: classes not in the training data {train.source}: {', '.join(unknown[:10])}")
+        names = ", ".join(show_path(c) for c in unknown[:10])
+        raise DataError(f"{show_path(test.source)}: classes not in the training data {show_path(train.source)}: {names}")
     index = torch.tensor([train.classes.index(c) for c in test.classes], dtype=torch.long)
     return index[test.labels]
 
@@ -330,7 +322,9 @@ def evaluate_encoder(
         "extract_seconds": time.perf_counter() - started,
     }
     started = time.perf_counter()
-    top1 = knn_accuracy(train_feats, train.labels.to(train_feats.device), test_feats, test_labels.to(test_feats.device), knn_k, knn_temperature)
+    top1 = knn_accuracy(
+        train_feats, train.labels.to(train_feats.device), test_feats, test_labels.to(test_feats.device), knn_k, knn_temperature
+    )
     result["knn"] = {"top1": top1, "k": knn_k, "temperature": knn_temperature, "seconds": time.perf_counter() - started}
     if linear:
         started = time.perf_counter()

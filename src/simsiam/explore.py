@@ -1,36 +1,61 @@
 """Looking at what was learned: training curves, embeddings, neighbours and maps.
 
 Everything here takes features that came through ``SimSiam.features`` (see
-evaluate.features_of) and the decoded images they came from; nothing reaches
-into a model.
+evaluate.features_of) and the decoded images they came from; only
+:func:`neighbor_grid` runs a model, to embed query files.
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects, which need no global
+backend (importing this module changes nothing in matplotlib), and every file is
+written atomically (see :mod:`simsiam.io`): a failed write leaves the previous
+file and raises an OSError that names it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
+from .data import ImageSet
+from .decode import decode_image
+from .errors import ConfigError, DataError
+from .io import atomic_write, show_path
 
-from .config import ConfigError  # noqa: E402
-from .data import ImageSet  # noqa: E402
+
+def _figure(**kwargs):
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
 
 
-def plot_training(rows: list[dict[str, Any]], path: Path, feature_dim: int, knn_init: float | None = None) -> None:
-    """training.png: loss, z_std against 1/sqrt(d), kNN top-1 and lr over epochs."""
+def save_figure(fig, target: str | Path | IO[bytes], dpi: int = 110) -> None:
+    """Write ``fig`` to a path atomically (format from its suffix), or as PNG to an open binary file."""
+    if hasattr(target, "write"):
+        fig.savefig(target, format="png", dpi=dpi)
+        return
+    path = Path(target)
+    with atomic_write(path) as fh:
+        fig.savefig(fh, format=path.suffix.lower().lstrip(".") or "png", dpi=dpi)
+
+
+def plot_training(rows: list[dict[str, Any]], path: str | Path | IO[bytes], feature_dim: int, knn_init: float | None = None) -> None:
+    """training.png: loss, z_std against 1/sqrt(d), kNN top-1 and lr over epochs.
+
+    ``path`` is a file name (written atomically) or an open binary file (PNG).
+    """
     if not rows:
         return
     epochs = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
+    fig = _figure(figsize=(10, 7), layout="constrained")
+    axes = fig.subplots(2, 2)
     ax = axes[0, 0]
     ax.plot(epochs, [r["loss"] for r in rows], marker=".")
     ax.axhline(-1, color="gray", lw=0.8, ls=":", label="minimum (-1, cosine)")
@@ -55,8 +80,7 @@ def plot_training(rows: list[dict[str, Any]], path: Path, feature_dim: int, knn_
     ax = axes[1, 1]
     ax.plot(epochs, [r["lr"] for r in rows], marker=".")
     ax.set(title="Learning rate (end of epoch)", xlabel="epoch", ylabel="lr")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # -- the embeddings file ----------------------------------------------------------------------
@@ -67,7 +91,8 @@ def write_embeddings(path: str | Path, features: torch.Tensor, images: ImageSet,
 
     ``.parquet`` (pyarrow; the embedding is a fixed-size list of float32) or
     ``.npz`` (numpy arrays of the same names), chosen by the suffix. ``metadata``
-    (checkpoint, backbone, ...) goes into the file as JSON.
+    (checkpoint, backbone, ...) goes into the file as JSON. The file is written
+    atomically.
 
     >>> import pyarrow.parquet as pq  # doctest: +SKIP
     >>> table = pq.read_table("embeddings.parquet")  # doctest: +SKIP
@@ -81,19 +106,25 @@ def write_embeddings(path: str | Path, features: torch.Tensor, images: ImageSet,
         columns["label"] = labels
         columns["class"] = np.array([images.classes[i] for i in labels], dtype=object)
     meta = json.dumps(metadata or {})
+    suffix = path.suffix.lower()
+    if suffix not in (".npz", ".parquet"):
+        raise ConfigError(f"{show_path(path)}: unknown embeddings format {suffix!r}; use .parquet or .npz")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".npz":
-        np.savez(path, **{k: v.astype(str) if v.dtype == object else v for k, v in columns.items()}, embedding=emb, metadata=np.array(meta))
-    elif path.suffix.lower() == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    if suffix == ".npz":
+        arrays = {k: v.astype(str) if v.dtype == object else v for k, v in columns.items()}
+        with atomic_write(path) as fh:
+            np.savez(fh, **arrays, embedding=emb, metadata=np.array(meta))
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-        arrays = {k: pa.array(v) for k, v in columns.items()}
-        arrays["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), type=pa.float32()), emb.shape[1])
-        table = pa.table(arrays).replace_schema_metadata({"simsiam": meta})
-        pq.write_table(table, path)
-    else:
-        raise ValueError(f"{path}: unknown embeddings format {path.suffix!r}; use .parquet or .npz")
+    # Parquet text is UTF-8: a file name that is not shows its odd bytes as \xNN escapes (as in every message).
+    utf8 = np.vectorize(lambda t: t.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), otypes=[object])
+    arrays = {k: pa.array(utf8(v) if v.dtype == object and len(v) else v) for k, v in columns.items()}
+    arrays["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), type=pa.float32()), emb.shape[1])
+    table = pa.table(arrays).replace_schema_metadata({"simsiam": meta})
+    with atomic_write(path) as fh:
+        pq.write_table(table, fh)
 
 
 def read_embeddings(path: str | Path) -> dict[str, Any]:
@@ -151,46 +182,101 @@ def _frame(ax, color: str, width: float) -> None:
         spine.set_linewidth(width)
 
 
-def plot_neighbors(
-    query_images: torch.Tensor,
-    query_names: list[str],
-    query_labels: list[int | None],
+@dataclass
+class NeighborGrid:
+    """Queries and their nearest neighbours in a bank of images: what :func:`neighbor_grid` returns."""
+
+    images: torch.Tensor  # (Q, 3, S, S) uint8: the query images
+    names: list[str]  # a short printable name per query
+    labels: list[int | None]  # each query's class in the bank's classes, None when unknown
+    bank_index: torch.Tensor  # (Q,) each query's index in the bank, -1 for a file from outside it
+    sims: torch.Tensor  # (Q, k) cosine similarities, best first (CPU)
+    idx: torch.Tensor  # (Q, k) bank indices of the neighbours (CPU)
+    agreement: float | None  # fraction of the neighbours that share their query's class, when every query has one
+
+
+def neighbor_grid(
+    model: torch.nn.Module,
     bank: ImageSet,
-    sims: torch.Tensor,
-    idx: torch.Tensor,
-    path: str | Path,
-    title: str = "",
-) -> None:
+    bank_features: torch.Tensor,
+    queries: list[str | Path] | None = None,
+    num_queries: int = 6,
+    k: int = 8,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> NeighborGrid:
+    """The k nearest neighbours in ``bank`` (features (N, D) from ``model``) of each query.
+
+    Queries are the image files ``queries`` (decoded at the bank's image size and
+    embedded with ``model`` on ``device``, default the features' device), or
+    ``num_queries`` random images of the bank (``seed``). A query that is one of
+    the bank's own images is never its own neighbour, and has the bank's label.
+    Raises DataError naming a query file that is missing or not an image.
+    """
+    if len(bank) < 2:
+        raise DataError(f"{show_path(bank.source)}: one image only; neighbours need at least two")
+    device = torch.device(device) if device is not None else bank_features.device
+    if queries:
+        images = torch.stack([_decode_query(q, bank.image_size) for q in queries])  # (Q, 3, S, S) uint8
+        from .evaluate import features_of
+
+        query_features, _ = features_of(model, images, device)  # (Q, D)
+        where = {os.path.realpath(p): i for i, p in enumerate(bank.paths)}
+        exclude = torch.tensor([where.get(os.path.realpath(q), -1) for q in queries])
+        labels = [None if bank.labels is None or i < 0 else int(bank.labels[i]) for i in exclude.tolist()]
+        names = [show_path("/".join(Path(q).parts[-2:])) for q in queries]
+    else:
+        picks = torch.randperm(len(bank), generator=torch.Generator().manual_seed(seed))[:num_queries]
+        images, query_features, exclude = bank.images[picks], bank_features[picks.to(bank_features.device)], picks
+        labels = [None if bank.labels is None else int(bank.labels[i]) for i in picks]
+        names = [bank.classes[lab] if lab is not None else Path(bank.paths[i]).name for lab, i in zip(labels, picks.tolist())]
+        names = [show_path(n) for n in names]
+    sims, idx = nearest_neighbors(query_features.to(device), bank_features.to(device), k=k, exclude=exclude)  # (Q, k) each
+    sims, idx = sims.cpu(), idx.cpu()
+    agreement = None
+    if bank.labels is not None and all(lab is not None for lab in labels):
+        agreement = (bank.labels[idx] == torch.tensor(labels)[:, None]).float().mean().item()
+    return NeighborGrid(images, names, labels, exclude, sims, idx, agreement)
+
+
+def _decode_query(query: str | Path, size: int) -> torch.Tensor:
+    if not os.path.lexists(query):
+        raise DataError(f"query image {show_path(query)}: no such file")
+    try:
+        return decode_image(query, size)
+    except DataError as e:
+        raise DataError(f"query image {e}") from None
+
+
+def plot_neighbors(grid: NeighborGrid, bank: ImageSet, path: str | Path | IO[bytes], title: str = "") -> None:
     """A grid: one row per query, the query image first, then its neighbours with class and similarity.
 
     When labels exist a neighbour's frame and title are green when it shares the
-    query's class and red when it does not.
+    query's class and red when it does not (the title says so).
     """
-    n_rows, k = idx.shape
-    fig, axes = plt.subplots(n_rows, k + 1, figsize=(1.45 * (k + 1) + 0.3, 1.8 * n_rows + 0.8), squeeze=False, layout="constrained")
+    n_rows, k = grid.idx.shape
+    fig = _figure(figsize=(1.45 * (k + 1) + 0.3, 1.8 * n_rows + 0.8), layout="constrained")
+    axes = fig.subplots(n_rows, k + 1, squeeze=False)
     for r in range(n_rows):
         ax = axes[r, 0]
-        _show(ax, query_images[r])
+        _show(ax, grid.images[r])
         _frame(ax, "black", 3)
-        ax.set_title(f"query\n{_short(query_names[r])}", fontsize=8, fontweight="bold")
+        ax.set_title(f"query\n{_short(grid.names[r])}", fontsize=8, fontweight="bold")
         for c in range(k):
-            j = int(idx[r, c])
-            ax = axes[r, c + 1]
+            j, s, ax = int(grid.idx[r, c]), float(grid.sims[r, c]), axes[r, c + 1]
             _show(ax, bank.images[j])
-            s = float(sims[r, c])
             if bank.labels is None:
                 ax.set_title(f"#{c + 1}\ncos {s:.3f}", fontsize=8)
                 _frame(ax, "0.6", 1)
                 continue
-            label = int(bank.labels[j])
-            name = _short(bank.classes[label])
-            q = query_labels[r]
+            label, q = int(bank.labels[j]), grid.labels[r]
             color = "0.2" if q is None else ("tab:green" if label == q else "tab:red")
-            ax.set_title(f"{name}\ncos {s:.3f}", fontsize=8, color=color)
+            ax.set_title(f"{_short(show_path(bank.classes[label]))}\ncos {s:.3f}", fontsize=8, color=color)
             _frame(ax, color if q is not None else "0.6", 2 if q is not None else 1)
+    if bank.labels is not None and any(lab is not None for lab in grid.labels):
+        title = (title + "\n" if title else "") + "green: same class as the query, red: another class"
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _short(text: str, width: int = 14) -> str:
@@ -201,9 +287,9 @@ def _short(text: str, width: int = 14) -> str:
 
 
 def map_method(method: str = "auto") -> str:
-    """"UMAP" or "PCA": what ``method`` (auto, umap, pca) means here; auto is UMAP when umap-learn imports."""
+    """ "UMAP" or "PCA": what ``method`` (auto, umap, pca) means here; auto is UMAP when umap-learn imports."""
     if method not in ("auto", "umap", "pca"):
-        raise ConfigError(f"--method: unknown map method {method!r}; choose auto, umap or pca")
+        raise ConfigError(f"unknown map method {method!r}; choose auto, umap or pca", key="method")
     if method == "pca":
         return "PCA"
     try:
@@ -212,7 +298,7 @@ def map_method(method: str = "auto") -> str:
             import umap  # noqa: F401
     except ImportError:
         if method == "umap":
-            raise ConfigError("--method umap: umap-learn is not installed (pip install 'simsiam[umap]'); or use --method pca") from None
+            raise ConfigError("umap-learn is not installed (pip install 'simsiam[umap]'); or use pca", key="method") from None
         return "PCA"
     return "UMAP"
 
@@ -264,66 +350,69 @@ def grid_thumbnails(coords: np.ndarray, grid: int) -> tuple[list[int], np.ndarra
 
 def class_colors(n: int) -> list:
     """n distinguishable colours: tab10 up to 10 classes, tab20 up to 20, then a hue circle."""
+    from matplotlib import colormaps
+
     if n <= 10:
-        return [plt.get_cmap("tab10")(i) for i in range(n)]
+        return [colormaps["tab10"](i) for i in range(n)]
     if n <= 20:
-        return [plt.get_cmap("tab20")(i) for i in range(n)]
-    return [plt.get_cmap("hsv")(i / n) for i in range(n)]
+        return [colormaps["tab20"](i) for i in range(n)]
+    return [colormaps["hsv"](i / n) for i in range(n)]
 
 
-def plot_map(
-    coords: np.ndarray,
-    images: ImageSet,
-    method: str,
-    path: str | Path,
-    grid: int = 22,
-    title: str = "",
-) -> int:
+def plot_map(coords: np.ndarray, images: ImageSet, method: str, path: str | Path | IO[bytes], grid: int = 22, title: str = "") -> int:
     """The map in two panels over the same axes: every image as a point, and thumbnails on a lattice.
 
     Points and thumbnail frames are coloured by class when labels exist. Returns
-    the number of thumbnails drawn.
+    the number of thumbnails drawn. ``path``: a file name (written atomically) or
+    an open binary file (PNG).
     """
+    from matplotlib.lines import Line2D
+
     labeled = images.labels is not None
     colors = class_colors(len(images.classes)) if labeled else []
     chosen, centres, (x0, x1, y0, y1) = grid_thumbnails(coords, grid)
     # Two square panels placed by hand (inches: 16 x 9 figure, 6.7 x 6.7 panels): a
     # layout engine would fight the square boxes that keep the thumbnails square.
-    fig = plt.figure(figsize=(16, 9))
-    side_w, side_h = 6.7 / 16, 6.7 / 9
-    left = fig.add_axes((0.05, 0.13, side_w, side_h))
-    right = fig.add_axes((0.55, 0.13, side_w, side_h))
+    fig = _figure(figsize=(16, 9))
+    left, right = (fig.add_axes((x, 0.13, 6.7 / 16, 6.7 / 9)) for x in (0.05, 0.55))
     point_size = float(np.clip(20000 / max(len(coords), 1), 3, 40))
     if labeled:
         labels = images.labels.cpu().numpy()
-        for c, name in enumerate(images.classes):
-            mask = labels == c
-            left.scatter(coords[mask, 0], coords[mask, 1], s=point_size, color=colors[c], label=name, alpha=0.75, linewidths=0)
+        for c in range(len(images.classes)):
+            left.scatter(coords[labels == c, 0], coords[labels == c, 1], s=point_size, color=colors[c], alpha=0.75, linewidths=0)
     else:
         left.scatter(coords[:, 0], coords[:, 1], s=point_size, color="tab:blue", alpha=0.6, linewidths=0)
     left.set_title(f"all {len(coords)} images" + (", coloured by class" if labeled else " (no labels)"), fontsize=11)
-    w, h = (x1 - x0) / grid, (y1 - y0) / grid
-    pad = 0.06  # of a cell, on each side: thumbnails never touch
-    for i, (cx, cy) in zip(chosen, centres):
-        extent = (cx - w * (0.5 - pad), cx + w * (0.5 - pad), cy - h * (0.5 - pad), cy + h * (0.5 - pad))
-        right.imshow(images.images[i].permute(1, 2, 0).cpu().numpy(), extent=extent, interpolation="antialiased", zorder=2)
-        frame = plt.Rectangle((extent[0], extent[2]), extent[1] - extent[0], extent[3] - extent[2], fill=False, zorder=3)
-        if labeled:
-            frame.set(edgecolor=colors[int(images.labels[i])], linewidth=2.0)
-        else:  # a thin frame keeps pale images apart from the white background
-            frame.set(edgecolor="0.55", linewidth=0.8)
-        right.add_patch(frame)
+    _draw_thumbnails(right, images, chosen, centres, ((x1 - x0) / grid, (y1 - y0) / grid), colors)
     right.set_title(f"{len(chosen)} thumbnails: one per cell of a {grid} x {grid} grid, the image nearest its centre", fontsize=11)
     axis = "UMAP" if method == "UMAP" else "PC"
     for ax in (left, right):
         ax.set(xlim=(x0, x1), ylim=(y0, y1), xlabel=f"{axis} 1", ylabel=f"{axis} 2")
         ax.set_aspect("auto")  # imshow asks for 'equal'; square cells come from the square panel instead
     if labeled and len(images.classes) <= 30:
-        handles = [plt.Line2D([], [], marker="s", ls="", markersize=9, color=colors[c], label=n) for c, n in enumerate(images.classes)]
-        fig.legend(handles=handles, loc="lower center", ncol=min(len(images.classes), 10), fontsize=10, frameon=False, bbox_to_anchor=(0.5, 0.0))
+        handles = [
+            Line2D([], [], marker="s", ls="", markersize=9, color=colors[c], label=show_path(n)) for c, n in enumerate(images.classes)
+        ]
+        ncol = min(len(images.classes), 10)
+        fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=10, frameon=False, bbox_to_anchor=(0.5, 0.0))
     elif labeled:
         left.set_title(f"all {len(coords)} images, coloured by class ({len(images.classes)} classes, too many for a legend)", fontsize=11)
     fig.suptitle(title, fontsize=13, y=0.965)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return len(chosen)
+
+
+def _draw_thumbnails(ax, images: ImageSet, chosen: list[int], centres: np.ndarray, cell: tuple[float, float], colors: list) -> None:
+    """Each chosen image inside its own cell (centre, cell size (w, h)), framed in its class's colour."""
+    from matplotlib.patches import Rectangle
+
+    (w, h), pad = cell, 0.06  # pad: of a cell, on each side; thumbnails never touch
+    for i, (cx, cy) in zip(chosen, centres):
+        extent = (cx - w * (0.5 - pad), cx + w * (0.5 - pad), cy - h * (0.5 - pad), cy + h * (0.5 - pad))
+        ax.imshow(images.images[i].permute(1, 2, 0).cpu().numpy(), extent=extent, interpolation="antialiased", zorder=2)
+        frame = Rectangle((extent[0], extent[2]), extent[1] - extent[0], extent[3] - extent[2], fill=False, zorder=3)
+        if images.labels is not None:
+            frame.set(edgecolor=colors[int(images.labels[i])], linewidth=2.0)
+        else:  # a thin frame keeps pale images apart from the white background
+            frame.set(edgecolor="0.55", linewidth=0.8)
+        ax.add_patch(frame)

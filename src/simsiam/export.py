@@ -12,6 +12,7 @@ and normalised with the ImageNet mean and std, as in training.
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -22,7 +23,22 @@ import torch.nn as nn
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD
 from .config import TrainConfig
+from .errors import RunError
+from .io import atomic_write, eval_mode, save_torch_atomic, write_json
 from .model import SimSiam
+
+ONNX_EXTRA = "pip install 'simsiam[onnx]'"
+
+
+def require_onnx() -> None:
+    """Raise RunError (one line naming the extra to install) unless the onnx package imports.
+
+    torch's ONNX exporter needs it; call this before any costly work.
+    """
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise RunError(f"ONNX export needs the onnx package, which is not installed: {ONNX_EXTRA}") from None
 
 
 def small_stem_line(width: int = 64) -> str:
@@ -35,7 +51,10 @@ def loading_code(cfg: TrainConfig, file: str | Path, width: int = 64) -> list[st
     name = cfg.model.backbone
     if name == "resnet10-slim":
         # Not a torchvision constructor: the same ResNet class with narrower stages.
-        lines = ["import torch, simsiam", f"net, _ = simsiam.model.build_backbone('resnet10-slim', small_images={bool(cfg.model.small_images)})"]
+        lines = [
+            "import torch, simsiam",
+            f"net, _ = simsiam.model.build_backbone('resnet10-slim', small_images={bool(cfg.model.small_images)})",
+        ]
     else:
         lines = ["import torch, torchvision", f"net = torchvision.models.{name}(weights=None)", "net.fc = torch.nn.Identity()"]
         if cfg.model.small_images:
@@ -61,16 +80,18 @@ def export_torchvision(model: SimSiam, cfg: TrainConfig, path: str | Path, sourc
 
     The state_dict loads with strict=True into ``torchvision.models.<backbone>(weights=None)``
     once its ``fc`` is ``nn.Identity()`` (and, for the small-image stem, after
-    :func:`small_stem_line`); :func:`loading_code` gives the exact lines.
+    :func:`small_stem_line`); :func:`loading_code` gives the exact lines. Both
+    files are written atomically: on a failure the previous ones stay and the
+    OSError names the file.
     """
     path = Path(path)
     meta_path = path.with_name(path.name + ".json")
     state = {k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
+    save_torch_atomic(state, path)
     width = model.backbone.conv1.out_channels
     meta = {"format": "torchvision", **_description(model, cfg), "load": loading_code(cfg, path, width), "checkpoint": source}
-    meta_path.write_text(json.dumps(meta, indent=2))
+    write_json(meta_path, meta)
     return meta_path
 
 
@@ -89,38 +110,39 @@ def export_onnx(model: SimSiam, cfg: TrainConfig, path: str | Path, opset: int =
     """Write an ONNX graph of ``SimSiam.features``: input ``images`` (batch, 3, S, S), output ``features`` (batch, D).
 
     The batch dimension is dynamic. The graph's metadata holds the backbone, the
-    image size and the input normalisation.
+    image size and the input normalisation. The graph is built in memory and
+    written once, atomically. Needs the onnx package (RunError naming the extra
+    to install, before any work, when it is missing).
     """
+    require_onnx()
+    import onnx
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     size = cfg.image_size or 224
-    net = _Features(model).eval()
-    example = torch.zeros(2, 3, size, size)
-    with warnings.catch_warnings(), torch.no_grad():
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad(), eval_mode(model):
         # The TorchScript-based exporter: the torch.export-based one needs onnxscript,
         # which is not among our dependencies; this one is deprecated, not yet removed.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            net,
-            (example,),
-            str(path),
+            _Features(model),
+            (torch.zeros(2, 3, size, size),),
+            buffer,
             dynamo=False,
             input_names=["images"],
             output_names=["features"],
             dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
             opset_version=opset,
         )
-    try:
-        import onnx
-    except ImportError:  # the graph is complete without its metadata
-        return
-    graph = onnx.load(str(path))
+    graph = onnx.load_model_from_string(buffer.getvalue())
     meta = {**_description(model, cfg), "checkpoint": source}
     for key, value in meta.items():
         entry = graph.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
     graph.producer_name = "simsiam"
-    onnx.save(graph, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as fh:
+        fh.write(graph.SerializeToString())
 
 
 def check_onnx(model: SimSiam, path: str | Path, images: torch.Tensor) -> float:
@@ -129,9 +151,6 @@ def check_onnx(model: SimSiam, path: str | Path, images: torch.Tensor) -> float:
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (ours,) = session.run(["features"], {"images": images.float().cpu().numpy()})
-    device, was_training = next(model.parameters()).device, model.training
-    model.eval()
-    with torch.no_grad():
-        theirs = model.features(images.float().to(device)).cpu()
-    model.train(was_training)
+    with torch.no_grad(), eval_mode(model):
+        theirs = model.features(images.float().to(next(model.parameters()).device)).cpu()
     return float((torch.from_numpy(ours) - theirs).abs().max())
