@@ -1,13 +1,14 @@
-"""Runs the ``simsiam`` command with every DDP process recording what the tests compare.
+"""Runs ``simsiam train`` through the library, with every DDP process recording what the tests compare.
 
     python tests/ddp_worker.py RECORD_DIR train DATA --devices 2 ...
 
-Lightning starts the other processes by re-running this script with the same
-arguments, so each of them records too: at the end of training, process r writes
-RECORD_DIR/rank<r>.pt with its model's state_dict, the image indices its training
-steps saw in each epoch, and whether its batch norm layers were SyncBatchNorm.
-
-Test-only: it wraps two hooks of SimSiamModule rather than adding hooks to the library.
+The arguments after RECORD_DIR are those of the ``simsiam`` command; they become
+a config as the command makes it, and go to :func:`simsiam.train.fit` with one
+test-only callback. Lightning starts the other processes by re-running this
+script with the same arguments, so each of them records too: at the end of
+training, process r writes RECORD_DIR/rank<r>.pt with its model's state_dict, the
+images its training steps saw in each epoch, and whether its batch norm layers
+were SyncBatchNorm.
 """
 
 from __future__ import annotations
@@ -15,38 +16,47 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import lightning as L
 import torch
 
-from simsiam.cli import main
-from simsiam.engine import SimSiamModule
+from simsiam.cli import build_parser
+from simsiam.config import TrainConfig, check, layered
+from simsiam.options import given_flags
+from simsiam.train import fit
 
 
-def record_into(folder: Path) -> None:
-    seen: dict[int, list[torch.Tensor]] = {}  # epoch -> the index batches of this process
-    training_step = SimSiamModule.training_step
+class Recorder(L.Callback):
+    """Keeps every uint8 batch this process trains on, and saves them with the weights when training ends."""
 
-    def recording_step(self: SimSiamModule, index: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        seen.setdefault(self.current_epoch, []).append(index.detach().cpu().clone())
-        return training_step(self, index, batch_idx)
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.seen: dict[int, list[torch.Tensor]] = {}  # epoch -> the image batches of this process
 
-    def on_train_end(self: SimSiamModule) -> None:
-        torch.save(
-            {
-                "world": self.trainer.world_size,
-                "state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-                "seen": {epoch: torch.cat(batches) for epoch, batches in seen.items()},
-                "sync_bn": self.bn_synchronized,
-            },
-            folder / f"rank{self.trainer.global_rank}.pt",
-        )
-        self.trainer.strategy.barrier()  # every rank's file exists before rank 0 returns
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: torch.Tensor, batch_idx: int) -> None:
+        self.seen.setdefault(trainer.current_epoch, []).append(batch.detach().cpu().clone())
 
-    SimSiamModule.training_step = recording_step
-    SimSiamModule.on_train_end = on_train_end
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        record = {
+            "world": trainer.world_size,
+            "state": {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()},
+            "seen": {epoch: torch.cat(batches) for epoch, batches in self.seen.items()},
+            "sync_bn": any(isinstance(m, torch.nn.SyncBatchNorm) for m in pl_module.modules()),
+        }
+        torch.save(record, self.folder / f"rank{trainer.global_rank}.pt")
+        trainer.strategy.barrier()  # every rank's file exists before rank 0 returns
+
+
+def train(record: Path, argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    flags = given_flags(args, TrainConfig)
+    if args.data is not None:
+        flags["data"] = args.data
+    cfg, names = layered(flags)
+    check(cfg, names)
+    fit(cfg, resume=args.resume, overrides=flags, progress=not args.quiet, callbacks=[Recorder(record)])
 
 
 if __name__ == "__main__":
-    record = Path(sys.argv[1])
-    record.mkdir(parents=True, exist_ok=True)
-    record_into(record)
-    sys.exit(main(sys.argv[2:]))
+    folder = Path(sys.argv[1])
+    folder.mkdir(parents=True, exist_ok=True)
+    train(folder, sys.argv[2:])

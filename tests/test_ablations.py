@@ -6,12 +6,12 @@ import warnings
 
 import pytest
 
+from simsiam.callbacks import CollapseWarning
 from simsiam.cli import main
-from simsiam.engine import CollapseWarning
 
 # Demo images, a tiny network and a high lr, so that collapse shows within ~150 steps.
 SETTING = ["--epochs", "2", "--batch-size", "64", "--lr", "2.0", "--backbone", "resnet10-slim", "--proj-dim", "64",
-           "--pred-hidden-dim", "16", "--knn-every", "0", "--seed", "0", "--quiet"]
+           "--pred-hidden-dim", "16", "--knn-every", "0", "--seed", "0", "--quiet"]  # fmt: skip
 
 
 def run(tmp_path, name, *extra):

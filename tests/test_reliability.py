@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -33,16 +34,25 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import simsiam
-from simsiam import Augment, engine
-from simsiam.io import atomic_write, partial_path
+from simsiam import Augment
 from simsiam.checkpoint import read_checkpoint
 from simsiam.cli import main
+from simsiam.config import layered
+from simsiam.errors import NonFiniteLossError, TrainingInterrupted
+from simsiam.io import atomic_write, partial_path
+from simsiam.run_folder import RunFolder
+from simsiam.train import fit
 
 EPOCHS = 4
 FLAGS = [
     "--epochs", str(EPOCHS), "--batch-size", "8", "--backbone", "resnet10-slim", "--no-small-images",
     "--proj-dim", "32", "--pred-hidden-dim", "8", "--accelerator", "cpu", "--seed", "3", "--quiet",
 ]  # fmt: skip
+# FLAGS as config keys, for the tests that call the library's fit() with a test-only callback.
+OPTIONS = {
+    "epochs": EPOCHS, "batch_size": 8, "model.backbone": "resnet10-slim", "model.small_images": False,
+    "model.proj_dim": 32, "model.pred_hidden_dim": 8, "accelerator": "cpu", "seed": 3,
+}  # fmt: skip
 SRC = str(Path(simsiam.__file__).resolve().parents[1])
 REPORT: dict[str, list[str]] = {"faults": []}
 
@@ -69,6 +79,25 @@ def run_cli(*args: str) -> tuple[int, str, str]:
         )
         rc = main(["train", *args])
     return rc, out.getvalue(), err.getvalue()
+
+
+def fit_with(env, out: Path, callback: L.Callback) -> None:
+    """What ``simsiam train DATA FLAGS --out OUT`` does, through the library, with a test-only Lightning callback."""
+    cfg, _ = layered({**OPTIONS, "data": env.data, "out": str(out)})
+    with one_thread(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(cfg, progress=False, callbacks=[callback])
+
+
+class AtStep(L.Callback):
+    """Test-only: does ``action(pl_module)`` as training step ``step`` (1-based) begins."""
+
+    def __init__(self, step: int, action):
+        self.step, self.action = step, action
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step + 1 == self.step:
+            self.action(pl_module)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +135,7 @@ def assert_same_weights(out: Path, reference) -> None:
     different = [k for k in got if not torch.equal(got[k], reference.weights[k])]
     assert not different, f"{len(different)} tensors differ from the uninterrupted run, e.g. {different[:3]}"
     backbone = torch.load(out / "backbone.pt", weights_only=True)
-    assert all(torch.equal(v, got[f"model.backbone.{k}"]) for k, v in backbone.items())
+    assert all(torch.equal(v, got[f"model.encoder.backbone.{k}"]) for k, v in backbone.items())
 
 
 def epochs_in(out: Path) -> list[int]:
@@ -146,11 +175,11 @@ def test_reference_run_warns_once_and_leaves_a_complete_run_folder(reference):
 # -- SIGINT and SIGKILL of real processes at random moments ---------------------------------------
 
 
-def _start(env, out: Path) -> subprocess.Popen:
+def _start(env, out: Path, *extra: str) -> subprocess.Popen:
     resume = ["--resume"] if (out / "config.yaml").exists() else []
     child_env = dict(os.environ, PYTHONPATH=SRC, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return subprocess.Popen(
-        [sys.executable, "-m", "simsiam", "train", env.data, *FLAGS, "--out", str(out), *resume],
+        [sys.executable, "-m", "simsiam", "train", env.data, *FLAGS, *extra, "--out", str(out), *resume],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -169,7 +198,7 @@ def _wait_for_line(proc: subprocess.Popen, prefix: str) -> list[str]:
 
 def _kill_during_a_save(proc: subprocess.Popen, out: Path, timeout: float = 60) -> bool:
     """SIGKILL the moment a checkpoint's temporary file exists, i.e. in the middle of writing it."""
-    partial = partial_path(out / "checkpoints" / "last.ckpt")
+    partial = partial_path(out / "checkpoints" / "last.ckpt", pid=proc.pid)
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
         if partial.exists():
@@ -194,8 +223,11 @@ def test_sigint_and_sigkill_at_random_moments_then_resume(env, reference, tmp_pa
             stdout, stderr = proc.communicate(timeout=120)
             if proc.returncode == 130:
                 last = stderr.strip().splitlines()[-1]
-                assert re.fullmatch(rf"simsiam train: interrupted .*; saved {re.escape(str(out))}/checkpoints/last\.ckpt; "
-                                    rf"continue with: simsiam train --resume --out {re.escape(str(out))}", last), last
+                assert re.fullmatch(
+                    rf"simsiam train: interrupted .*; saved {re.escape(str(out))}/checkpoints/last\.ckpt; "
+                    rf"continue with: simsiam train --resume --out {re.escape(str(out))}",
+                    last,
+                ), last
                 note = last.split(": ", 1)[1].split(";")[0]
             else:  # the signal came after the last step, maybe as the interpreter exited
                 assert proc.returncode in (0, -signal.SIGINT) and "done: " in stdout, (proc.returncode, stderr)
@@ -221,32 +253,24 @@ def test_sigint_and_sigkill_at_random_moments_then_resume(env, reference, tmp_pa
     print(f"\nwindow: {training_seconds:.2f} s\n" + "\n".join(REPORT["faults"]))
 
 
-def test_ctrl_c_mid_epoch_saves_and_resume_is_exact(env, reference, tmp_path, monkeypatch):
+def test_ctrl_c_mid_epoch_saves_and_resume_is_exact(env, reference, tmp_path):
     """Deterministic companion of the random test: Ctrl-C in the middle of epoch 2, then --resume."""
     out = tmp_path / "run"
-    step = engine.SimSiamModule.training_step
-
-    def press_ctrl_c_at_step_5(self, index, batch_idx):
-        if self.global_step == 4:  # the 5th step, the 2nd of epoch 2
-            os.kill(os.getpid(), signal.SIGINT)  # the real signal, through the real handler
-        return step(self, index, batch_idx)
-
-    monkeypatch.setattr(engine.SimSiamModule, "training_step", press_ctrl_c_at_step_5)
+    press_ctrl_c = AtStep(5, lambda module: os.kill(os.getpid(), signal.SIGINT))  # the real signal, through the real handler
     before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job
-    rc, _, stderr = run_cli(env.data, *FLAGS, "--out", str(out))
-    assert rc == 130
-    assert stderr.strip().splitlines()[-1] == (
-        f"simsiam train: interrupted in epoch 2/{EPOCHS} after step 5 (2 of its 3 steps done); "
+    with pytest.raises(TrainingInterrupted) as stopped:
+        fit_with(env, out, press_ctrl_c)  # the 5th step is the 2nd of epoch 2
+    assert str(stopped.value) == (
+        f"interrupted in epoch 2/{EPOCHS} after step 5 (2 of its 3 steps done); "
         f"saved {out}/checkpoints/last.ckpt; continue with: simsiam train --resume --out {out}"
     )
     assert read_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"] == 5
     assert epochs_in(out) == [1]
     assert signal.getsignal(signal.SIGINT) is before  # our handler is gone again
-    monkeypatch.setattr(engine.SimSiamModule, "training_step", step)
 
     rc, stdout, stderr = run_cli(env.data, *FLAGS, "--out", str(out), "--resume")
     assert rc == 0, stderr
-    assert f"resuming from {out}/checkpoints/last.ckpt (1 of {EPOCHS} epochs done)" in stdout
+    assert f"resuming from {out}/checkpoints/last.ckpt (epoch 2 of {EPOCHS}, 2 of its 3 steps done)" in stdout
     assert "Warning" not in stderr.replace("SkippedImagesWarning", ""), stderr  # e.g. Lightning's 'not resumable' one
     assert epochs_in(out) == list(range(1, EPOCHS + 1))
     assert_same_weights(out, reference)
@@ -331,24 +355,15 @@ def test_a_really_full_filesystem(env, reference, tmp_path):
         subprocess.run(["umount", str(disk)], check=False)
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(env, reference, tmp_path, monkeypatch):
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(env, reference, tmp_path):
     out = tmp_path / "run"
-    real_loss = engine.simsiam_loss
-    calls = []
-
-    def loss_that_blows_up_at_step_7(*args, **kwargs):
-        calls.append(1)
-        loss = real_loss(*args, **kwargs)
-        return loss * float("nan") if len(calls) == 7 else loss
-
-    monkeypatch.setattr(engine, "simsiam_loss", loss_that_blows_up_at_step_7)
-    rc, _, stderr = run_cli(env.data, *FLAGS, "--out", str(out))
-    monkeypatch.setattr(engine, "simsiam_loss", real_loss)
     ckpt = out / "checkpoints" / "last.ckpt"
-    assert rc == 2
-    line = stderr.strip().splitlines()[-1]
-    assert line.startswith("simsiam train: error: the loss became nan at step 7, epoch 3; lower the learning rate (--lr, now ")
-    assert line.endswith(f"; the last complete checkpoint is kept: {ckpt}")
+    poison = AtStep(7, lambda module: next(module.model.parameters()).data.fill_(float("nan")))  # step 7: 1st of epoch 3
+    with pytest.raises(NonFiniteLossError) as stopped:
+        fit_with(env, out, poison)
+    message = str(stopped.value)
+    assert message.startswith("the loss became nan at step 7, epoch 3; lower the learning rate (--lr, now ")
+    assert message.endswith(f"; the last complete checkpoint is kept: {ckpt}")
     state = read_checkpoint(ckpt)
     assert state["global_step"] == 6 and all(torch.isfinite(v.float()).all() for v in state["state_dict"].values())
     assert epochs_in(out) == [1, 2]
@@ -356,6 +371,43 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     rc, _, stderr = run_cli(env.data, *FLAGS, "--out", str(out), "--resume")  # the blow-up was a fluke: continue
     assert rc == 0, stderr
     assert_same_weights(out, reference)
+
+
+def test_an_absurd_learning_rate_is_one_line(env, tmp_path):
+    out = tmp_path / "run"
+    rc, _, stderr = run_cli(env.data, *FLAGS, "--lr", "1e30", "--out", str(out))
+    lines = stderr.strip().splitlines()
+    assert rc == 2 and lines[-1].startswith("simsiam train: error: the loss became nan at step "), lines
+    assert lines[-1].endswith("lower the learning rate (--lr, now 1e+30) or add --warmup-epochs; no checkpoint had been saved yet")
+
+
+# -- two runs on one folder -------------------------------------------------------------------------
+
+
+def test_a_second_run_on_a_folder_in_use_is_one_line_naming_the_holder(env, tmp_path):
+    out = tmp_path / "run"
+    holder = _start(env, out, "--epochs", "500")  # far longer than this test
+    try:
+        _wait_for_line(holder, "training:")  # printed once the folder is locked and written to
+        assert holder.poll() is None, holder.communicate()
+        for again in ([], ["--resume"]):
+            rc, stdout, stderr = run_cli(env.data, *FLAGS, "--out", str(out), *again)
+            assert (
+                rc == 2
+                and stdout == ""
+                and stderr
+                == (
+                    f"simsiam train: error: --out: {out} is in use by another run (process {holder.pid}); "
+                    "wait for it to end, or choose another --out\n"
+                )
+            ), (rc, stdout, stderr)
+    finally:
+        holder.kill()
+        holder.communicate(timeout=60)
+    run = RunFolder(out)  # the OS released the killed holder's lock: the folder can be locked again
+    run.lock()
+    assert run.locked
+    run.unlock()
 
 
 # -- damaged and foreign checkpoints, and other-model options on --resume -------------------------
@@ -406,7 +458,10 @@ def test_damaged_checkpoint_is_one_line_and_nothing_changes(kind, env, reference
 @pytest.mark.parametrize(
     "option, expected",
     [
-        (["--backbone", "resnet18"], "--backbone: the checkpoint is of another model: the run in {out} has model.backbone = 'resnet10-slim'"),
+        (
+            ["--backbone", "resnet18"],
+            "--backbone: the checkpoint is of another model: the run in {out} has model.backbone = 'resnet10-slim'",
+        ),
         (["--proj-dim", "64"], "--proj-dim: the checkpoint is of another model: the run in {out} has model.proj_dim = 32"),
         (["--batch-size", "4"], "--batch-size: the run in {out} has batch_size = 8, not 4; --resume continues a run with its own settings"),
     ],
@@ -421,7 +476,10 @@ def test_resume_with_options_of_another_model_is_refused(option, expected, env, 
 
 def test_resume_with_nothing_to_resume_is_one_line(env, tmp_path):
     rc, _, stderr = run_cli(env.data, *FLAGS, "--out", str(tmp_path / "nothing"), "--resume")
-    assert rc == 2 and stderr.strip() == f"simsiam train: error: --resume: {tmp_path / 'nothing'} holds no checkpoints/last.ckpt to resume from"
+    assert (
+        rc == 2
+        and stderr.strip() == f"simsiam train: error: --resume: {tmp_path / 'nothing'} holds no checkpoints/last.ckpt to resume from"
+    )
 
 
 # -- atomic files ---------------------------------------------------------------------------------
@@ -462,7 +520,9 @@ STD = torch.tensor(simsiam.augment.IMAGENET_STD).view(1, 3, 1, 1)
     rotate=st.sampled_from(["none", "90", "free"]),
     seed=st.integers(0, 2**16),
 )
-def test_fuzz_augment_gives_finite_views_in_range(size, batch, height, width, uint8, scale, ratio, probabilities, strengths, hue, sigma, rotate, seed):
+def test_fuzz_augment_gives_finite_views_in_range(
+    size, batch, height, width, uint8, scale, ratio, probabilities, strengths, hue, sigma, rotate, seed
+):
     AUGMENT_CASES[0] += 1
     hflip, vflip, jitter, gray, blur, solarize, _ = probabilities
     aug = Augment(

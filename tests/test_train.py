@@ -2,12 +2,14 @@
 
 import csv
 import json
+import re
 
 import pytest
 import torch
 
+from simsiam.batches import ShardedBatches
 from simsiam.cli import main
-from simsiam.engine import ShardedBatches, lr_factor
+from simsiam.engine import lr_factor
 
 from .conftest import TINY
 
@@ -20,7 +22,15 @@ def read_rows(run):
 def test_train_one_epoch_writes_the_run_folder(class_folder, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", str(class_folder), "--out", str(run), "--epochs", "1", *TINY]) == 0
-    for name in ("config.yaml", "metrics.csv", "metrics.json", "training.png", "backbone.pt", "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
+    for name in (
+        "config.yaml",
+        "metrics.csv",
+        "metrics.json",
+        "training.png",
+        "backbone.pt",
+        "checkpoints/last.ckpt",
+        "checkpoints/best.ckpt",
+    ):
         assert (run / name).exists(), name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     rows = read_rows(run)
@@ -28,7 +38,7 @@ def test_train_one_epoch_writes_the_run_folder(class_folder, tmp_path, capsys):
     result = json.loads((run / "metrics.json").read_text())
     assert result["knn_top1_random_init"] is not None and result["config"]["model"]["backbone"] == "resnet10-slim"
     out = capsys.readouterr().out
-    assert "holding out" in out and "random init" in out
+    assert "holding out" in out and re.search(r"^kNN top-1 of the backbone at random init: \d\.\d{4}$", out, re.M), out
     # the backbone weights load into the same torchvision network
     from simsiam.model import build_backbone
 
@@ -36,11 +46,26 @@ def test_train_one_epoch_writes_the_run_folder(class_folder, tmp_path, capsys):
     net.load_state_dict(torch.load(run / "backbone.pt"), strict=True)
 
 
-def test_resume_continues_where_it_stopped(class_folder, tmp_path):
+def test_a_default_run_shows_the_random_init_knn_and_its_bar_counts_epochs_as_its_lines_do(class_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    with_bar = [flag for flag in TINY if flag != "--quiet"]
+    assert main(["train", str(class_folder), "--out", str(run), "--epochs", "2", *with_bar]) == 0
+    out = capsys.readouterr().out
+    lines = "\n".join(line.strip() for line in re.split(r"[\r\n]+", out))  # the bar redraws itself after a \r
+    # Printed before the bar is first drawn, where Lightning's own print would drop it.
+    assert re.search(r"^kNN top-1 of the backbone at random init: \d\.\d{4}$", lines, re.M), out
+    assert re.findall(r"^epoch (\d+/\d+): loss", lines, re.M) == ["1/2", "2/2"]
+    assert set(re.findall(r"Epoch (\d+(?:/\d+)?)", out)) == {"1/2", "2/2"}  # the bar's descriptions, 1-based
+
+
+def test_resume_continues_where_it_stopped(class_folder, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", str(class_folder), "--out", str(run), "--epochs", "1", *TINY]) == 0
     first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    capsys.readouterr()
     assert main(["train", str(class_folder), "--out", str(run), "--epochs", "2", "--resume", "--quiet"]) == 0
+    steps = first["global_step"]
+    assert f"resuming from {run}/checkpoints/last.ckpt (epoch 2 of 2, 0 of its {steps} steps done)\n" in capsys.readouterr().out
     second = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert second["epoch"] == first["epoch"] + 1
     assert second["global_step"] == 2 * first["global_step"]

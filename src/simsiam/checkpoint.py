@@ -1,9 +1,9 @@
-"""Checkpoints: written atomically through Lightning's CheckpointIO, read back with clear errors.
+"""Checkpoints: saved whole, read back with clear errors, loaded as the trained SimSiam.
 
-Lightning writes checkpoints through a ``CheckpointIO`` plug-in; ours saves to a
-hidden temporary file beside the target and renames it into place (see
-:mod:`simsiam.io`), so ``last.ckpt`` is always a complete checkpoint: a
-kill during a save leaves the previous one, and a full disk raises
+Training writes checkpoints through Lightning with :func:`simsiam.io.save_torch_atomic`
+(``AtomicCheckpointIO`` in :mod:`simsiam.train`): to a hidden temporary file
+beside the target, renamed into place, so ``last.ckpt`` is always a complete
+checkpoint: a kill during a save leaves the previous one, and a full disk raises
 :class:`CheckpointError` with the previous one still there.
 
 Reading goes through :func:`read_checkpoint`, which turns every way a file can
@@ -12,7 +12,11 @@ model) into one :class:`CheckpointError` that names the file, and
 :func:`load_checkpoint` rebuilds the trained SimSiam from it: the one way
 evaluation, exploration and export get a model. A run folder stands for its
 ``checkpoints/last.ckpt``, the final epoch, the figure the evaluation
-conventions report.
+conventions report. Checkpoints of the previous layout of the model (backbone
+and projector beside the predictor, before the encoder f had its own module)
+load too: their weight names are renamed on reading.
+
+This module does not import Lightning: ``import simsiam`` stays light.
 
 >>> from simsiam.checkpoint import load_checkpoint
 >>> model, cfg = load_checkpoint("runs/demo")  # doctest: +SKIP
@@ -21,64 +25,29 @@ conventions report.
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .io import atomic_write
+from .config import TrainConfig
+from .errors import CheckpointError, ConfigError
+from .model import SimSiam
+from .run_folder import LAST, RunFolder
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written or read; the message names the file."""
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's TorchCheckpointIO with an atomic, fsync'ed write to local paths.
-
-    >>> import lightning as L
-    >>> trainer = L.Trainer(plugins=[AtomicCheckpointIO()], logger=False, enable_progress_bar=False)
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
-        if "://" in str(path):  # remote storage: fsspec's own transaction is the atomic write there
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options")
-        path = Path(path)
-        had_previous = path.exists()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_atomic(checkpoint, path)
-        except OSError as e:
-            kept = "the previous checkpoint there is kept" if had_previous else "no checkpoint was written"
-            raise CheckpointError(f"{path}: cannot save the checkpoint ({e.strerror or e}); {kept}") from e
-
-
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` through :func:`atomic_write`: the file is whole or absent.
-
-    Serialised in memory first, as Lightning's own save does: torch's zip writer
-    does not pass on a failed write to a file object (a full disk surfaces later
-    as "RuntimeError: unexpected pos"), while a plain write raises OSError(ENOSPC).
-    """
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    with atomic_write(path) as fh:
-        fh.write(buffer.getbuffer())
+# Weight names of the previous layout -> today's (the LightningModule prefixes "model.").
+LEGACY_PREFIXES = {"model.backbone.": "model.encoder.backbone.", "model.projector.": "model.encoder.projector."}
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A simsiam training checkpoint as a dict (on the CPU), or CheckpointError saying what is wrong with the file.
 
     Loads with ``weights_only=True``: a checkpoint is tensors and plain values, and
-    nothing in a file handed to us runs code.
+    nothing in a file handed to us runs code. Weight names of the previous model
+    layout come back renamed (:func:`rename_legacy_weights`).
     """
-    from .config import ConfigError, TrainConfig
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -87,7 +56,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for damaged files
         text = str(e)
         if found := re.search(r"Unsupported global: GLOBAL (\S+)", text):
-            raise CheckpointError(f"{path}: not a simsiam checkpoint (it stores Python objects such as {found[1]}, not only tensors and values)") from None
+            raise CheckpointError(
+                f"{path}: not a simsiam checkpoint (it stores Python objects such as {found[1]}, not only tensors and values)"
+            ) from None
         if found := re.search(r"WeightsUnpickler error: \s*(.+)", text):
             why = found[1]
         else:
@@ -102,7 +73,21 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         TrainConfig.from_dict(config)
     except ConfigError as e:
         raise CheckpointError(f"{path}: not a checkpoint of this simsiam version ({e})") from None
+    state["state_dict"] = rename_legacy_weights(state["state_dict"])
     return state
+
+
+def rename_legacy_weights(weights: dict[str, Any]) -> dict[str, Any]:
+    """The weights with the previous layout's names (``model.backbone.*``) renamed to today's (``model.encoder.backbone.*``).
+
+    >>> list(rename_legacy_weights({"model.backbone.conv1.weight": 0, "model.predictor.net.0.weight": 1}))
+    ['model.encoder.backbone.conv1.weight', 'model.predictor.net.0.weight']
+    """
+    renamed = {}
+    for key, value in weights.items():
+        old = next((p for p in LEGACY_PREFIXES if key.startswith(p)), None)
+        renamed[key if old is None else LEGACY_PREFIXES[old] + key[len(old) :]] = value
+    return renamed
 
 
 def check_weights_fit(path: str | Path, saved: dict[str, torch.Tensor], model_state: dict[str, torch.Tensor]) -> None:
@@ -125,40 +110,53 @@ def check_weights_fit(path: str | Path, saved: dict[str, torch.Tensor], model_st
         raise CheckpointError(f"{path}: the weights are from another model than its config describes: {'; '.join(problems)}")
 
 
-
 def resolve_checkpoint(path: str | Path) -> Path:
     """The checkpoint file that ``path`` stands for: the file itself, or a run folder's checkpoints/last.ckpt."""
     path = Path(path)
     if path.is_dir():
-        for candidate in (path / "checkpoints" / "last.ckpt", path / "last.ckpt"):
+        for candidate in (RunFolder(path).last_checkpoint, path / LAST):
             if candidate.is_file():
                 return candidate
-        raise CheckpointError(f"{path}: a folder without checkpoints/last.ckpt; pass a run folder of `simsiam train` or a .ckpt file")
+        raise CheckpointError(f"{path}: a folder without checkpoints/{LAST}; pass a run folder of `simsiam train` or a .ckpt file")
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file or run folder")
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
-    """The trained SimSiam (eval mode) and its resolved TrainConfig, from a checkpoint file or a run folder."""
-    from .config import TrainConfig
-    from .engine import build_model
+def config_of(file: str | Path, state: dict[str, Any]) -> TrainConfig:
+    """The resolved config of a checkpoint read by :func:`read_checkpoint`, once its weights are known to fit the model it describes.
 
-    file = resolve_checkpoint(path)
-    state = read_checkpoint(file)
+    The model is built on the meta device (shapes only: no memory, no time).
+    """
     cfg = TrainConfig.from_dict(state["hyper_parameters"]["config"])
     if cfg.model.small_images is None or cfg.model.proj_layers is None:
         raise CheckpointError(f"{file}: its training config is not resolved (model.small_images, model.proj_layers unset)")
-    model = build_model(cfg)
-    weights = {k[len("model.") :]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
-    check_weights_fit(file, weights, model.state_dict())
-    model.load_state_dict(weights, strict=True)
+    try:
+        with torch.device("meta"):
+            model = SimSiam(**dataclasses.asdict(cfg.model))
+    except Exception as e:
+        raise CheckpointError(f"{file}: its config does not describe a model this simsiam can build ({type(e).__name__}: {e})") from None
+    check_weights_fit(file, _model_weights(state), model.state_dict())
+    return cfg
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[SimSiam, TrainConfig]:
+    """The trained SimSiam (eval mode) and its resolved TrainConfig, from a checkpoint file or a run folder."""
+    file = resolve_checkpoint(path)
+    state = read_checkpoint(file)
+    cfg = config_of(file, state)
+    model = SimSiam(**dataclasses.asdict(cfg.model))
+    model.load_state_dict(_model_weights(state), strict=True)
     return model.to(map_location).eval(), cfg
 
 
 def run_folder_of(checkpoint: Path) -> Path:
     """The run folder a checkpoint file belongs to (its checkpoints/ folder's parent), else the file's folder."""
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return RunFolder.of_checkpoint(checkpoint).path
+
+
+def _model_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return {k[len("model.") :]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
 
 
 def _looks_like_backbone(state: Any) -> bool:
