@@ -3,6 +3,7 @@ import torch
 
 from simsiam import PredictionHead, ProjectionHead, SimSiam, simsiam_loss
 from simsiam.config import cpu_bf16_trains, cpu_has_bf16_units
+from simsiam.loss import negative_cosine
 
 
 def tiny_model(**kwargs):
@@ -23,14 +24,27 @@ def test_cross_entropy_loss_is_lowest_when_prediction_matches_target():
 
 def test_z_comes_back_detached_and_target_branch_gets_no_gradient():
     model = tiny_model()
-    x1, x2 = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
+    x1, x2 = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16).requires_grad_(True)
     p1, p2, z1, z2 = model(x1, x2)
     assert not z1.requires_grad and not z2.requires_grad
     assert p1.requires_grad and p2.requires_grad
-    # Even a z that carries a graph gets no gradient from the loss (stop-gradient).
-    z_leaf = z2.clone().requires_grad_(True)
-    simsiam_loss(p1, p2, z1, z_leaf).backward()
-    assert z_leaf.grad is None
+    # D(p1, stopgrad(z2)): the view x2 is only a target here, so no gradient reaches it.
+    negative_cosine(p1, z2).backward()
+    assert x2.grad is None
+
+
+def test_the_stop_gradient_ablation_is_one_switch():
+    p1, p2, z1, z2 = tiny_model(stop_gradient=False)(torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16))
+    assert z1.requires_grad and z2.requires_grad
+
+
+def test_encoder_is_f_and_predictor_is_h():
+    model = tiny_model()
+    x = torch.randn(4, 3, 16, 16)
+    model.eval()
+    p1, _, z1, _ = model(x, x)
+    assert torch.equal(model.encoder(x), z1) and torch.equal(model.predictor(z1), p1)
+    assert model.encoder.backbone is model.backbone
 
 
 def test_every_parameter_gets_a_gradient():

@@ -15,6 +15,11 @@ tensors and on CUDA tensors with no Python call per image:
 One deliberate difference from torchvision's ColorJitter: brightness, contrast,
 saturation and hue are applied in that fixed order rather than a random order
 per image, which keeps the batch in one pass.
+
+Images of C != 3 channels (one band, or a multispectral stack): saturation and hue
+jitter, grayscale and solarization are defined for RGB and are off (``Augment.notes``
+says so); crop, flips, rotation and blur apply unchanged, and brightness and
+contrast jitter apply per channel, each band with its own factor and its own mean.
 """
 
 from __future__ import annotations
@@ -64,10 +69,20 @@ class AugmentConfig:
         if self.min_scale > self.max_scale:
             yield "min_scale", f"must not exceed max_scale ({self.max_scale}), got {self.min_scale}"
 
-    def resolved(self, size: int) -> "AugmentConfig":
+    def resolved(self, size: int) -> AugmentConfig:
         """blur_p filled: the paper blurs ImageNet views (p=0.5) and not CIFAR's, where sigma up to 2 px wipes out 32x32 content."""
         return dataclasses.replace(self, blur_p=(0.5 if size > 64 else 0.0) if self.blur_p is None else self.blur_p)
 
+
+
+def channel_note(channels: int) -> str | None:
+    """The one line that says which augmentations C-channel images get (None for RGB)."""
+    if channels == 3:
+        return None
+    return (
+        f"{channels} channel{'s' if channels > 1 else ''}: saturation and hue jitter, grayscale and solarization are for RGB and are off; "
+        "crop, flips, rotation, blur and brightness/contrast jitter (per channel) apply"
+    )
 
 
 @dataclass
@@ -79,8 +94,8 @@ class ViewParams:
     vflip: torch.Tensor  # (B,) bool
     angle: torch.Tensor  # (B,) radians
     jitter: torch.Tensor  # (B,) bool: color jitter applied
-    brightness: torch.Tensor  # (B,) factor, 1 = unchanged
-    contrast: torch.Tensor  # (B,)
+    brightness: torch.Tensor  # (B,) factor, 1 = unchanged; (B, C) for C != 3 channels, one factor per channel
+    contrast: torch.Tensor  # (B,); (B, C) for C != 3 channels
     saturation: torch.Tensor  # (B,)
     hue: torch.Tensor  # (B,) shift in turns, 0 = unchanged
     gray: torch.Tensor  # (B,) bool
@@ -91,8 +106,8 @@ class ViewParams:
 class Augment:
     """Turns a batch of images into SimSiam views, each sample with its own random parameters.
 
-    Input: (B, 3, H, W) uint8 in [0, 255] or float in [0, 1], on any device.
-    Output: (B, 3, size, size) float32, normalised with ``mean`` and ``std``.
+    Input: (B, C, H, W) uint8 in [0, 255], uint16 in [0, 65535] or float in [0, 1], on any device.
+    Output: (B, C, size, size) float32, normalised with ``mean`` and ``std`` (one value per channel).
 
     >>> aug = Augment(size=32, seed=0)
     >>> images = torch.randint(0, 256, (8, 3, 40, 40), dtype=torch.uint8)
@@ -105,14 +120,22 @@ class Augment:
     none for small images, where a blur of sigma up to 2 px wipes out the content
     (the paper's CIFAR recipe has no blur). vflip and rotate ("90" or "free") are
     for data with no canonical orientation, such as satellite or microscopy images.
+
+    channels: C, by default the length of ``mean`` or 3. ``mean`` and ``std`` default
+    to ImageNet's for RGB; for other C pass the data's (one value per channel).
+    For C != 3 the RGB-only steps are off and ``notes`` says so in one line:
+
+    >>> Augment(size=16, mean=(0.5,) * 4, std=(0.25,) * 4).notes
+    ['4 channels: saturation and hue jitter, grayscale and solarization are for RGB and are off; crop, flips, rotation, blur and brightness/contrast jitter (per channel) apply']
     """
 
     def __init__(
         self,
         size: int = 224,
         *,
-        mean: tuple[float, ...] = IMAGENET_MEAN,
-        std: tuple[float, ...] = IMAGENET_STD,
+        channels: int | None = None,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
         seed: int | None = None,
         **options,
     ):
@@ -126,7 +149,13 @@ class Augment:
         self.size = size
         # SimCLR's kernel: about a tenth of the image side, odd.
         self.blur_kernel = max(3, 2 * int(0.05 * size) + 1)
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.channels = channels = channels if channels is not None else (len(mean) if mean is not None else 3)
+        if channels < 1:
+            raise ConfigError(f"must be at least 1, got {channels}", key="channels")
+        self.mean, self.std = _per_channel(mean, IMAGENET_MEAN, "mean", channels), _per_channel(std, IMAGENET_STD, "std", channels)
+        if min(self.std) <= 0:
+            raise ConfigError(f"must be positive for every channel, got {list(self.std)}", key="std")
+        self.notes: list[str] = [n for n in [channel_note(channels)] if n]  # lines for the training log
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
         self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -183,10 +212,8 @@ class Augment:
 
         jitter = coin(self.jitter_p)
         one = torch.ones(B, device=device)
-        brightness = torch.where(jitter, uniform(max(0.0, 1 - self.brightness), 1 + self.brightness, B), one)
-        contrast = torch.where(jitter, uniform(max(0.0, 1 - self.contrast), 1 + self.contrast, B), one)
-        saturation = torch.where(jitter, uniform(max(0.0, 1 - self.saturation), 1 + self.saturation, B), one)
-        hue = torch.where(jitter, uniform(-self.hue, self.hue, B), 0 * one)
+        rgb = self.channels == 3
+        brightness, contrast, saturation, hue = self._jitter_factors(jitter, uniform, one)
         blur = coin(self.blur_p)
         blur_sigma = torch.where(blur, uniform(*self.blur_sigma, B), 0 * one)
         return ViewParams(
@@ -199,26 +226,49 @@ class Augment:
             contrast=contrast,
             saturation=saturation,
             hue=hue,
-            gray=coin(self.grayscale_p),
+            gray=coin(self.grayscale_p) if rgb else one < 0,
             blur_sigma=blur_sigma,
-            solarize=coin(self.solarize_p),
+            solarize=coin(self.solarize_p) if rgb else one < 0,
         )
+
+    def _jitter_factors(self, jitter: torch.Tensor, uniform, one: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Brightness, contrast, saturation and hue of the colour jitter; identity where ``jitter`` is off.
+
+        For C != 3 channels brightness and contrast get one factor per channel (B, C),
+        and saturation and hue, which are for RGB, stay at the identity.
+        """
+        B = len(jitter)
+        if self.channels == 3:
+            brightness = torch.where(jitter, uniform(max(0.0, 1 - self.brightness), 1 + self.brightness, B), one)
+            contrast = torch.where(jitter, uniform(max(0.0, 1 - self.contrast), 1 + self.contrast, B), one)
+            saturation = torch.where(jitter, uniform(max(0.0, 1 - self.saturation), 1 + self.saturation, B), one)
+            hue = torch.where(jitter, uniform(-self.hue, self.hue, B), 0 * one)
+            return brightness, contrast, saturation, hue
+        C, on = self.channels, jitter[:, None]
+        brightness = torch.where(on, uniform(max(0.0, 1 - self.brightness), 1 + self.brightness, B, C), 1.0)
+        contrast = torch.where(on, uniform(max(0.0, 1 - self.contrast), 1 + self.contrast, B, C), 1.0)
+        return brightness, contrast, one, 0 * one
 
     # -- pixels -----------------------------------------------------------------------
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """Views of a (B, 3, H, W) batch; call twice for x1 and x2."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected a (B, 3, H, W) batch, got shape {tuple(images.shape)}")
+        """Views of a (B, C, H, W) batch; call twice for x1 and x2."""
+        if images.ndim != 4 or images.shape[1] != self.channels:
+            raise ValueError(f"expected a (B, {self.channels}, H, W) batch, got shape {tuple(images.shape)}")
         B, _, H, W = images.shape
         return self.apply(images, self.sample(B, H, W, images.device))
 
     def apply(self, images: torch.Tensor, params: ViewParams) -> torch.Tensor:
         """Render views of ``images`` with the given parameters (deterministic)."""
-        x = self._resample(images.float(), params)  # (B, 3, size, size), still in the input's range
-        # Brightness also brings uint8 values to [0, 1]: one pass over the batch, not two.
-        scale = 1 / 255 if images.dtype == torch.uint8 else 1.0
+        x = self._resample(images.float(), params)  # (B, C, size, size), still in the input's range
+        # Brightness also brings integer values to [0, 1]: one pass over the batch, not two.
+        scale = {torch.uint8: 1 / 255, torch.uint16: 1 / 65535}.get(images.dtype, 1.0)
         x = _adjust_brightness(x, params.brightness * scale)
+        if self.channels != 3:  # contrast about each channel's own mean; the rest is for RGB
+            x = _adjust_contrast_per_channel(x, params.contrast)
+            if self.blur_p > 0:
+                x = _gaussian_blur(x, params.blur_sigma, self.blur_kernel)
+            return self._normalise(x)
         x = _adjust_contrast(x, params.contrast)
         x = _adjust_saturation(x, params.saturation)
         if self.hue > 0:
@@ -229,6 +279,9 @@ class Augment:
             x = _gaussian_blur(x, params.blur_sigma, self.blur_kernel)
         if self.solarize_p > 0:
             x = torch.where(params.solarize[:, None, None, None] & (x >= 0.5), 1.0 - x, x)
+        return self._normalise(x)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         mean, std = self._mean_std(x.device)
         return x.sub_(mean).div_(std)
 
@@ -236,8 +289,8 @@ class Augment:
         # Made once per device: torch.tensor(..., device="cuda") on every call would be
         # a pageable host-to-device copy, which can stall the host on the GPU each step.
         if device not in self._constants:
-            mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
-            std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+            mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
             self._constants[device] = (mean, std)
         return self._constants[device]
 
@@ -299,8 +352,20 @@ def _where_samples(mask: torch.Tensor, fn, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _per_channel(values, rgb_default: tuple[float, ...], key: str, channels: int) -> tuple[float, ...]:
+    """``mean`` or ``std`` as one float per channel; ImageNet's by default for RGB, required otherwise."""
+    if values is None:
+        if channels != 3:
+            raise ConfigError(f"give one value per channel for {channels}-channel images (ImageNet's {key} is for RGB)", key=key)
+        return rgb_default
+    values = tuple(float(v) for v in values)
+    if len(values) != channels:
+        raise ConfigError(f"needs one value per channel: {channels}, got {len(values)}", key=key)
+    return values
+
+
 def _adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return x.mul_(factor[:, None, None, None]).clamp_(0, 1)
+    return x.mul_(factor.view(len(factor), -1, 1, 1)).clamp_(0, 1)
 
 
 def _adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -309,6 +374,13 @@ def _adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     r, g, b = x.mean(dim=(2, 3)).unbind(1)  # (B,) each
     mean = (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b)[:, None, None, None]  # (B, 1, 1, 1)
     f = factor[:, None, None, None]
+    return x.mul_(f).add_((1 - f) * mean).clamp_(0, 1)
+
+
+def _adjust_contrast_per_channel(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Contrast for C-channel images: each channel blended with its own mean, with its own factor (B, C)."""
+    mean = x.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1), before x changes in place
+    f = factor[:, :, None, None]
     return x.mul_(f).add_((1 - f) * mean).clamp_(0, 1)
 
 

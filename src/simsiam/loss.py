@@ -7,7 +7,7 @@ with an encoder of its own detaches z before calling :func:`simsiam_loss`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
