@@ -36,35 +36,39 @@ def worker(record: Path, argv: list[str]) -> int:
     os.environ["GROUP_RANK"] = os.environ["RANK"]  # before Lightning reads them: one "node" per process
     os.environ["LOCAL_RANK"] = "0"
     os.environ["LOCAL_WORLD_SIZE"] = "1"
+    import lightning as L
     import torch
     from torch.nn.modules.batchnorm import _BatchNorm
 
-    from simsiam.cli import main
-    from simsiam.engine import SimSiamModule
+    from simsiam.cli import build_parser, train_config
+    from simsiam.train import fit
 
     torch.distributed.Backend.default_device_backend_map["cuda"] = "gloo"  # Lightning picks the backend from this map
 
-    def on_train_end(self: SimSiamModule) -> None:
-        rank = self.trainer.global_rank
-        bn = copy.deepcopy(next(m for m in self.model.modules() if isinstance(m, _BatchNorm)))
-        bn.reset_parameters()
-        bn.train()
-        with torch.no_grad():
-            probe = bn(torch.full((4, bn.num_features, 2, 2), float(rank), device=self.device)).mean().item()
-        torch.save(
-            {
-                "device": str(self.device),
-                "sync_bn": self.bn_synchronized,
-                "bn_class": type(bn).__name__,
-                "probe": probe,
-                "state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-            },
-            record / f"rank{rank}.pt",
-        )
-        self.trainer.strategy.barrier()  # both files exist before rank 0 returns
+    class Probe(L.Callback):
+        def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+            rank = trainer.global_rank
+            bn = copy.deepcopy(next(m for m in module.model.modules() if isinstance(m, _BatchNorm)))
+            bn.reset_parameters()
+            bn.train()
+            with torch.no_grad():
+                probe = bn(torch.full((4, bn.num_features, 2, 2), float(rank), device=module.device)).mean().item()
+            torch.save(
+                {
+                    "device": str(module.device),
+                    "sync_bn": any(isinstance(m, torch.nn.SyncBatchNorm) for m in module.model.modules()),
+                    "bn_class": type(bn).__name__,
+                    "probe": probe,
+                    "state": {k: v.detach().cpu().clone() for k, v in module.model.state_dict().items()},
+                },
+                record / f"rank{rank}.pt",
+            )
+            trainer.strategy.barrier()  # both files exist before rank 0 returns
 
-    SimSiamModule.on_train_end = on_train_end
-    return main(argv)
+    args = build_parser().parse_args(argv)
+    cfg, flags, _, _ = train_config(args)
+    fit(cfg, resume=args.resume, overrides=flags, progress=not args.quiet, callbacks=[Probe()])
+    return 0
 
 
 def check(cpu: bool, timeout: float) -> int:

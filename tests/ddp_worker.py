@@ -19,9 +19,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from simsiam.cli import build_parser
-from simsiam.config import TrainConfig, check, layered
-from simsiam.options import given_flags
+from simsiam.cli import build_parser, train_config
 from simsiam.train import fit
 
 
@@ -48,11 +46,7 @@ class Recorder(L.Callback):
 
 def train(record: Path, argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
-    flags = given_flags(args, TrainConfig)
-    if args.data is not None:
-        flags["data"] = args.data
-    cfg, names = layered(flags)
-    check(cfg, names)
+    cfg, flags, _, _ = train_config(args)
     fit(cfg, resume=args.resume, overrides=flags, progress=not args.quiet, callbacks=[Recorder(record)])
 
 

@@ -32,13 +32,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_train)
 
 
-def _train(args: argparse.Namespace) -> int:
+def train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[str, str], str | None]:
+    """The config `simsiam train` runs with: (config, the options typed, their names as typed, a note to print).
+
+    Flags over a --config file over a recipe (named, or the default for this
+    machine: the demo without DATA, the CPU-sized network on a CPU).
+    """
     import torch
-    from lightning.pytorch.utilities import rank_zero_only  # under DDP every process runs this; rank 0 speaks
 
     from .config import TrainConfig, check, default_recipe, layered, load_yaml
     from .options import flatten, given_flags
-    from .train import fit
 
     flags = given_flags(args, TrainConfig)
     if args.data is not None:
@@ -51,6 +54,15 @@ def _train(args: argparse.Namespace) -> int:
     auto, note = (None, None) if args.resume else default_recipe({**flatten(file_values), **flags}, on_gpu)
     cfg, names = layered(flags, file_values, args.config or "config", auto_recipe=auto)
     check(cfg, names)
+    return cfg, flags, names, note
+
+
+def _train(args: argparse.Namespace) -> int:
+    from lightning.pytorch.utilities import rank_zero_only  # under DDP every process runs this; rank 0 speaks
+
+    from .train import fit
+
+    cfg, flags, names, note = train_config(args)
     if note:
         rank_zero_only(print)(note)
     try:
