@@ -48,6 +48,9 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from .errors import ConfigError
 
 SLIM = "resnet10-slim"
+# Our CPU networks: torchvision's ResNet class with one BasicBlock per stage and
+# narrower stages; resnet10-tiny is the CPU demo's (README, "The demo").
+SLIM_WIDTHS = {SLIM: (32, 64, 128, 256), "resnet10-tiny": (16, 32, 64, 128)}
 TIMM = "timm:"
 MODULE = "module:"  # the config's name for a module passed to SimSiam(backbone=...)
 RESNET_FAMILY = ("resnet", "resnext", "wide_resnet")
@@ -85,7 +88,7 @@ def torchvision_names() -> tuple[str, ...]:
 
 def has_small_stem(name: str) -> bool:
     """Whether the small-image stem applies: the torchvision ResNet family and resnet10-slim."""
-    return name == SLIM or (name.startswith(RESNET_FAMILY) and name in torchvision_names())
+    return name in SLIM_WIDTHS or (name.startswith(RESNET_FAMILY) and name in torchvision_names())
 
 
 def _timm():
@@ -109,11 +112,11 @@ def name_problem(name: str) -> str | None:
         close = difflib.get_close_matches(name[len(TIMM) :], timm.list_models(), n=3)
         hint = f"; did you mean {', '.join(TIMM + c for c in close)}?" if close else "; timm.list_models() lists them"
         return f"unknown timm model {name!r}{hint}"
-    if name == SLIM or name in torchvision_names():
+    if name in SLIM_WIDTHS or name in torchvision_names():
         return None
-    close = difflib.get_close_matches(name, (*torchvision_names(), SLIM), n=3)
+    close = difflib.get_close_matches(name, (*torchvision_names(), *SLIM_WIDTHS), n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    return f"unknown backbone {name!r}; {hint}(any torchvision classification model, {SLIM}, or timm:NAME)"
+    return f"unknown backbone {name!r}; {hint}(any torchvision classification model, {', '.join(SLIM_WIDTHS)}, or timm:NAME)"
 
 
 # -- building ----------------------------------------------------------------------------
@@ -135,8 +138,8 @@ def build(name: str, *, small_images: bool = False, channels: int = 3, image_siz
     stem = small_images and has_small_stem(name)
     if name.startswith(TIMM):
         net, lines = _timm_net(name[len(TIMM) :], channels, image_size)
-    elif name == SLIM:
-        net, lines = _slim_resnet(), []
+    elif name in SLIM_WIDTHS:
+        net, lines = _slim_resnet(SLIM_WIDTHS[name]), []
     else:
         net, lines = _torchvision_net(name, image_size)
     if not name.startswith(TIMM):
@@ -299,11 +302,11 @@ def zero_init_residual(net: nn.Module) -> int:
 def _adapt(net: nn.Module, name: str, stem: bool, channels: int, lines: list[str]) -> list[str]:
     """Remove the classifier, then fit the first convolution to the stem and the channels; returns the loading lines."""
     classifier = _remove_classifier(net, name)
-    resnet = name.startswith(RESNET_FAMILY) or name == SLIM
+    resnet = name.startswith(RESNET_FAMILY) or name in SLIM_WIDTHS
     conv_line = _resnet_stem(net, stem, channels) if resnet else _first_conv_takes(net, channels)
-    if name == SLIM:  # not a torchvision constructor: the same ResNet class with narrower stages, rebuilt by us
+    if name in SLIM_WIDTHS:  # not a torchvision constructor: the same ResNet class with narrower stages, rebuilt by us
         extra = f", channels={channels}" if channels != 3 else ""
-        return ["import torch, simsiam", f"net, _ = simsiam.model.build_backbone({SLIM!r}, small_images={stem}{extra})"]
+        return ["import torch, simsiam", f"net, _ = simsiam.model.build_backbone({name!r}, small_images={stem}{extra})"]
     return lines + [f"{_expr(classifier)} = torch.nn.Identity()"] + ([conv_line] if conv_line else [])
 
 

@@ -51,7 +51,7 @@ class ModelConfig:
         metavar="NAME",
         check=name_problem,
         help="the network that f starts with: any torchvision classification model (resnet50, convnext_tiny, vit_b_16, ...), "
-        "timm:NAME with timm installed, or resnet10-slim, the CPU demo network",
+        "timm:NAME with timm installed, or resnet10-tiny and resnet10-slim, our CPU networks",
     )
     small_images: bool | None = option(
         None, flag="--small-images", help="the paper's CIFAR stem: 3x3 stride-1 first conv, no max-pool (default: at 64 px or less)"
