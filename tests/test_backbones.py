@@ -114,7 +114,7 @@ def test_an_unknown_name_gets_close_matches():
         SimSiam("resnet181")
     assert one_line(error) == (
         "model.backbone: unknown backbone 'resnet181'; did you mean resnet18, resnet101, resnet152? "
-        "(any torchvision classification model, resnet10-slim, or timm:NAME)"
+        "(any torchvision classification model, resnet10-slim, resnet10-tiny, or timm:NAME)"
     )
 
 

@@ -358,8 +358,8 @@ def _first_conv_takes(net: nn.Module, channels: int) -> str | None:
     new = nn.Conv2d(
         channels, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation, old.groups, old.bias is not None, old.padding_mode
     )
-    with torch.no_grad():
-        new.weight.normal_(0.0, float(old.weight.std()) * math.sqrt(3 / channels))
+    with torch.no_grad():  # tensor arithmetic, no float(): the meta device (shapes only) builds it too
+        new.weight.copy_(torch.randn_like(new.weight) * (old.weight.std() * math.sqrt(3 / channels)))
         if old.bias is not None:
             new.bias.copy_(old.bias)
     parent_path, _, leaf = path.rpartition(".")

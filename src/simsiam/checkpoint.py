@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a damaged file is the one line below, not torch's warnings about its bytes
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for damaged files
         text = str(e)
         if found := re.search(r"Unsupported global: GLOBAL (\S+)", text):
@@ -133,7 +136,7 @@ def config_of(file: str | Path, state: dict[str, Any]) -> TrainConfig:
         raise CheckpointError(f"{file}: its training config is not resolved (model.small_images, model.proj_layers unset)")
     try:
         with torch.device("meta"):
-            model = SimSiam(**dataclasses.asdict(cfg.model))
+            model = SimSiam(**dataclasses.asdict(cfg.model), image_size=cfg.image_size)
     except Exception as e:
         raise CheckpointError(f"{file}: its config does not describe a model this simsiam can build ({type(e).__name__}: {e})") from None
     check_weights_fit(file, _model_weights(state), model.state_dict())
@@ -145,7 +148,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     file = resolve_checkpoint(path)
     state = read_checkpoint(file)
     cfg = config_of(file, state)
-    model = SimSiam(**dataclasses.asdict(cfg.model))
+    model = SimSiam(**dataclasses.asdict(cfg.model), image_size=cfg.image_size)  # a ViT is built for its training size
     model.load_state_dict(_model_weights(state), strict=True)
     return model.to(map_location).eval(), cfg
 
@@ -160,4 +163,12 @@ def _model_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def _looks_like_backbone(state: Any) -> bool:
-    return isinstance(state, dict) and any(isinstance(k, str) and k.startswith(("conv1.", "layer1.")) for k in state)
+    """Whether ``state`` is a bare state_dict (weight names to tensors), as ``export --format torchvision`` and backbone.pt hold.
+
+    Any network's: a ResNet's (conv1., layer1.), a MobileNet's (features.0.0.), a ViT's (encoder.layers.), a timm model's.
+    """
+    if not isinstance(state, dict) or not state or "state_dict" in state or "hyper_parameters" in state:
+        return False
+    return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()) and any(
+        k.endswith((".weight", ".bias", ".running_mean")) for k in state
+    )

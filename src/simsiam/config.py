@@ -15,6 +15,7 @@ config is what goes into the run folder and every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         epochs=100,
         batch_size=512,
         image_size=224,
+        cache_size=256,  # resized once to 256 px (shorter side, centre crop), random crops of it at 224, as the paper's pipeline
         model=dict(backbone="resnet50", small_images=False, proj_dim=2048, proj_layers=3, pred_hidden_dim=512),
         optim=dict(base_lr=0.05, weight_decay=1e-4, momentum=0.9, fixed_predictor_lr=True),
         augment=dict(blur_p=0.5),
@@ -88,6 +90,19 @@ PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
 ACCELERATORS = ("auto", "cpu", "gpu")
 MAX_IMAGE_SIZE = 1024
 MAX_CONFIG_BYTES = 1 << 20
+
+
+def _per_channel(values: tuple[float, ...], low: float | None) -> str | None:
+    """A check of mean or std: one finite number per channel (each above ``low`` when given)."""
+    import math
+
+    if not values:
+        return "needs one value per channel, got none"
+    if not all(math.isfinite(v) for v in values):
+        return f"must be finite numbers, got {list(values)}"
+    if low is not None and min(values) <= low:
+        return f"must be positive for every channel, got {list(values)}"
+    return None
 
 
 def _devices(text: str) -> int | str:
@@ -161,6 +176,30 @@ class TrainConfig:
         1, flag="--checkpoint-every", metavar="EPOCHS", check=at_least(1), resumable=True, help="epochs between saves of checkpoints/last.ckpt (and at the end)"
     )
     strict: bool = option(False, flag="--strict", resumable=True, help="stop at the first file that cannot be decoded, instead of skipping it")
+    data_on: str = option(
+        "auto", flag="--data-on", choices=("auto", "gpu", "memory", "disk"), resumable=True,
+        help="where the decoded images are read from while training: the GPU, (pinned) memory, or the disk cache in prefetched batches "
+        "(default: the GPU when they take under half its free memory, else memory when under half of the free RAM, else disk)",
+    )  # fmt: skip
+    cache_format: str = option(
+        "auto", flag="--cache-format", choices=("auto", "raw", "jpeg"),
+        help="how a folder's decoded images are kept on disk: raw pixels, or JPEGs re-encoded at quality 95 (several times smaller, "
+        "decoded per batch); auto: raw unless it would not fit in memory or on the disk",
+    )  # fmt: skip
+    cache_size: int | None = option(
+        None, flag="--cache-size", metavar="PX", check=in_range(8, MAX_IMAGE_SIZE),
+        help="size the images are decoded and cached at, at least --image-size: random crops then see more of each image "
+        "(default: --image-size; the imagenet recipe caches 256 px for 224 px training)",
+    )  # fmt: skip
+    mean: tuple[float, ...] | None = option(
+        None,
+        check=lambda v: _per_channel(v, low=None),
+        help="per-channel mean of the pixels (scaled to [0, 1]) that views, features and exports are normalised with "
+        "(default: ImageNet's for RGB; for other channel counts computed from the data and saved here)",
+    )
+    std: tuple[float, ...] | None = option(
+        None, check=lambda v: _per_channel(v, low=0.0), help="per-channel standard deviation, as for mean (default: ImageNet's for RGB, else the data's)"
+    )
     model: ModelConfig = option(help="the networks", default_factory=ModelConfig)
     augment: AugmentConfig = option(help="the view augmentations", default_factory=AugmentConfig)
     optim: OptimConfig = option(help="the optimizer and schedule", default_factory=OptimConfig)
@@ -168,6 +207,22 @@ class TrainConfig:
     def cross_checks(self):
         if self.compile_mode != "default" and self.compile is False:
             yield "compile_mode", "applies to the compiled step; add --compile (on by default only on a GPU)"
+        if self.cache_size is not None and self.image_size is not None and self.cache_size < self.image_size:
+            yield "cache_size", f"{self.cache_size} is smaller than --image-size {self.image_size}; the views are cropped from the cached images"
+        if self.cache_size is not None and self.image_size is None:
+            yield "cache_size", "needs --image-size, the training size it is at least"
+        for key in ("mean", "std"):
+            values, channels = getattr(self, key), self.model.channels
+            if values is not None and channels is not None and len(values) != channels:
+                yield key, f"needs one value per channel: {channels}, got {len(values)}"
+
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) per channel, for pixels scaled to [0, 1]: the config's, else ImageNet's (RGB, and runs saved before these fields)."""
+        from .augment import IMAGENET_MEAN, IMAGENET_STD
+
+        if (self.mean is None or self.std is None) and (self.model.channels or 3) != 3:
+            raise ConfigError(f"a {self.model.channels}-channel run needs its per-channel mean and std (ImageNet's are for RGB)", key="mean")
+        return tuple(self.mean or IMAGENET_MEAN), tuple(self.std or IMAGENET_STD)
 
     @property
     def lr(self) -> float:
@@ -272,21 +327,40 @@ def resume_config(saved: TrainConfig, given: dict[str, Any], out: Path) -> Train
 # -- auto fields ------------------------------------------------------------------------------
 
 
-def resolve(cfg: TrainConfig, image_size: int, on_gpu: bool, names: dict[str, str] | None = None) -> TrainConfig:
-    """Fill every auto (None) field from the data's image size and the device, then check the result."""
+def resolve(
+    cfg: TrainConfig,
+    image_size: int,
+    on_gpu: bool,
+    names: dict[str, str] | None = None,
+    channels: int | None = None,
+    statistics: Callable[[], tuple[tuple[float, ...], tuple[float, ...]]] | None = None,
+) -> TrainConfig:
+    """Fill every auto (None) field from the data's image size and channels and the device, then check the result.
+
+    ``channels`` is the data's channel count (default 3). For other counts than 3,
+    ``statistics()`` gives the data's per-channel (mean, std) when the config has
+    none; RGB keeps mean and std at None, which stands for ImageNet's. The networks
+    are built once on the meta device (shapes only), so a backbone that cannot take
+    the image size or the channels is one ConfigError now, before any training.
+    """
     if cfg.image_size is None and not 8 <= image_size <= MAX_IMAGE_SIZE:
         raise ConfigError(
             f"DATA: its images are {image_size} px on the shorter side (the median of a sample); "
             f"training needs 8 to {MAX_IMAGE_SIZE}: set --image-size"
         )
-    small = image_size <= 64
-    model = cfg.model.resolved(image_size)
+    small, size_from_data = image_size <= 64, cfg.image_size is None
+    model = cfg.model.resolved(image_size, channels)
+    mean, std = cfg.mean, cfg.std
+    if model.channels != 3 and (mean is None or std is None) and statistics is not None:
+        data_mean, data_std = statistics()
+        mean, std = mean or data_mean, std or data_std
     optim = dataclasses.replace(
         cfg.optim,
         base_lr=(0.03 if small else 0.05) if cfg.optim.base_lr is None else cfg.optim.base_lr,
         weight_decay=(5e-4 if small else 1e-4) if cfg.optim.weight_decay is None else cfg.optim.weight_decay,
     )
-    precision = cfg.precision or ("bf16-mixed" if on_gpu or cpu_bf16_trains(image_size, bool(model.small_images)) else "32-true")
+    bf16 = on_gpu or cpu_bf16_trains(image_size, bool(model.small_images), model.backbone)
+    precision = cfg.precision or ("bf16-mixed" if bf16 else "32-true")
     if cfg.channels_last is None:
         import torch
 
@@ -302,9 +376,38 @@ def resolve(cfg: TrainConfig, image_size: int, on_gpu: bool, names: dict[str, st
         precision=precision,
         compile=on_gpu if cfg.compile is None else cfg.compile,
         channels_last=channels_last,
+        mean=mean,
+        std=std,
     )
     check(cfg, names)
+    _check_networks(cfg, names or {}, size_from_data)
     return cfg
+
+
+def _check_networks(cfg: TrainConfig, names: dict[str, str], size_from_data: bool) -> None:
+    """Build the networks on the meta device (no memory, no arithmetic); a ConfigError names the option at fault.
+
+    A backbone that cannot take the image size (too small for its downsampling,
+    not a multiple of a ViT's patch) says so here in one line, naming --image-size
+    and --backbone, rather than failing inside the first training step. Other
+    failures are left to the real build, which reports them.
+    """
+    import torch
+
+    from .model import SimSiam
+
+    try:
+        with torch.device("meta"):
+            SimSiam(**dataclasses.asdict(cfg.model), image_size=cfg.image_size)
+    except ConfigError as e:
+        key, reason = e.key or "model.backbone", e.reason
+        if key == "image_size" and size_from_data:
+            reason += f"; {cfg.image_size} px is the size found from DATA: set --image-size, or choose another --backbone"
+        elif key == "image_size":
+            reason += "; choose another --image-size or --backbone"
+        raise ConfigError(reason).named(names.get(key) or flag_of(TrainConfig, key) or key) from None
+    except Exception:
+        pass
 
 
 def cpu_has_bf16_units() -> bool:
@@ -322,8 +425,8 @@ def cpu_has_bf16_units() -> bool:
         return False
 
 
-def cpu_bf16_trains(image_size: int, small_images: bool) -> bool:
-    """Whether CPU training defaults to bf16 autocast: bf16 matrix units, and no 1x1 input to layer4.
+def cpu_bf16_trains(image_size: int, small_images: bool, backbone: str = "resnet18") -> bool:
+    """Whether CPU training defaults to bf16 autocast: bf16 matrix units, a ResNet, and no 1x1 input to its layer4.
 
     oneDNN's bf16 weight gradient of a stride-2 3x3 convolution with a 1x1 input is
     garbage: at 16 px with the ImageNet stem, identical steps gave different
@@ -332,8 +435,15 @@ def cpu_bf16_trains(image_size: int, small_images: bool) -> bool:
     small-image stem (4x) it never does, since 8 px is the smallest size allowed.
     From a 2x2 input up the gradients are finite and bit for bit reproducible
     (tests/test_model.py).
+
+    That rule is about ResNet geometry, and it is the only one measured. Other
+    backbones (MobileNets, EfficientNets, ConvNeXts, ViTs, timm models) downsample
+    differently, and their 1x1 maps and strided convolutions come at other sizes,
+    so on a CPU they train in float32 unless --precision says otherwise.
     """
-    return cpu_has_bf16_units() and image_size >= (8 if small_images else 24)
+    from .backbones import has_small_stem  # the torchvision ResNet family and our slim ResNets
+
+    return cpu_has_bf16_units() and has_small_stem(backbone) and image_size >= (8 if small_images else 24)
 
 
 # -- YAML -------------------------------------------------------------------------------

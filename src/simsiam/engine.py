@@ -45,7 +45,7 @@ class SimSiamModule(L.LightningModule):
 
     ``config`` is a resolved :class:`TrainConfig` as a dict (it goes into every
     checkpoint); ``steps_per_epoch`` sizes the schedule. ``training_step`` takes a
-    (B, 3, S, S) uint8 batch on the device and returns the loss and the batch's
+    (B, C, S, S) uint8 batch on the device and returns the loss and the batch's
     z_std (for :class:`~simsiam.callbacks.EpochReport`).
     """
 
@@ -54,8 +54,10 @@ class SimSiamModule(L.LightningModule):
         self.save_hyperparameters({"config": config})
         self.cfg = TrainConfig.from_dict(config)
         self.steps_per_epoch = max(1, steps_per_epoch)
-        self.model = SimSiam(**dataclasses.asdict(self.cfg.model))
-        self.augment = Augment(self.cfg.image_size, **dataclasses.asdict(self.cfg.augment))
+        # The image size builds ViTs for it and checks every backbone at it; channels, mean and std are the data's.
+        self.model = SimSiam(**dataclasses.asdict(self.cfg.model), image_size=self.cfg.image_size)
+        mean, std = self.cfg.normalization()
+        self.augment = Augment(self.cfg.image_size, channels=self.cfg.model.channels, mean=mean, std=std, **dataclasses.asdict(self.cfg.augment))
         self._step_fn = self._compute  # replaced by its compiled version on fit start
         self._render = self.augment.apply  # likewise, with --compile-augment
         self._cudagraphs = False  # the compiled step replays CUDA graphs (--compile-mode reduce-overhead)
@@ -89,7 +91,7 @@ class SimSiamModule(L.LightningModule):
             # The parameters are drawn eagerly; only the rendering may be compiled.
             both = torch.cat([batch, batch])
             params = self.augment.sample(both.shape[0], both.shape[2], both.shape[3], both.device)
-            x1, x2 = self._render(both, params).chunk(2)  # (B, 3, s, s) each
+            x1, x2 = self._render(both, params).chunk(2)  # (B, C, s, s) each
         if self.cfg.channels_last:
             x1 = x1.contiguous(memory_format=torch.channels_last)
             x2 = x2.contiguous(memory_format=torch.channels_last)

@@ -2,8 +2,17 @@
 
 Both formats hold the backbone only (the projector and predictor exist for
 training), and both compute ``SimSiam.features``: the same (B, D) vector as kNN,
-the linear probe and the embeddings file. Inputs are RGB images scaled to [0, 1]
-and normalised with the ImageNet mean and std, as in training.
+the linear probe and the embeddings file. Inputs are (B, C, S, S) images scaled to
+[0, 1] and normalised with the run's per-channel mean and std, as in training
+(ImageNet's for RGB; the data's own for other channel counts, from the run's config).
+
+The torchvision format is a state_dict for the backbone's own constructor: a
+torchvision model's (with its classifier replaced by Identity, and the first
+convolution or the small-image stem as trained), ``timm.create_model(NAME,
+num_classes=0, in_chans=C)`` for a ``timm:`` backbone, or ours for resnet10-slim
+and resnet10-tiny. :func:`loading_code` gives the lines that rebuild the network
+and load the weights strictly; ``export`` prints them and the JSON beside the
+weights holds them, with the channels, mean and std the inputs need.
 
 >>> from simsiam.checkpoint import load_checkpoint  # doctest: +SKIP
 >>> model, cfg = load_checkpoint("runs/demo")  # doctest: +SKIP
@@ -21,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD
+from .backbones import SLIM_WIDTHS, TIMM, BackboneInfo, build
 from .config import TrainConfig
 from .errors import RunError
 from .io import atomic_write, eval_mode, save_torch_atomic, write_json
@@ -46,57 +55,85 @@ def small_stem_line(width: int = 64) -> str:
     return f"net.conv1, net.maxpool = torch.nn.Conv2d(3, {width}, 3, 1, 1, bias=False), torch.nn.Identity()"
 
 
-def loading_code(cfg: TrainConfig, file: str | Path, width: int = 64) -> list[str]:
-    """Python lines that rebuild the backbone and load exported torchvision weights into it."""
-    name = cfg.model.backbone
-    if name == "resnet10-slim":
-        # Not a torchvision constructor: the same ResNet class with narrower stages.
-        lines = [
-            "import torch, simsiam",
-            f"net, _ = simsiam.model.build_backbone('resnet10-slim', small_images={bool(cfg.model.small_images)})",
-        ]
+def loading_code(source: SimSiam | TrainConfig, file: str | Path, width: int | None = None) -> list[str]:
+    """Python lines that rebuild the bare backbone as ``net`` and load exported weights into it (strictly).
+
+    ``source`` is the model (its :attr:`~simsiam.model.BackboneInfo.loading_lines`)
+    or its resolved config, from which the backbone is built on the meta device
+    (shapes only) to find them. ``width`` is not needed any more (the lines come
+    from the network as built) and is ignored.
+    """
+    info = source.backbone_info if isinstance(source, SimSiam) else _backbone_info(source)
+    return [*info.loading_lines, f"net.load_state_dict(torch.load({str(file)!r}))"]
+
+
+def _backbone_info(cfg: TrainConfig) -> BackboneInfo:
+    m = cfg.model
+    with torch.device("meta"):
+        _, info = build(m.backbone, small_images=bool(m.small_images), channels=m.channels or 3, image_size=cfg.image_size)
+    return info
+
+
+def _library(name: str) -> str:
+    if name.startswith(TIMM):
+        return "timm"
+    return "simsiam" if name in SLIM_WIDTHS else "torchvision"
+
+
+def describe_input(cfg: TrainConfig) -> str:
+    """What the exported network takes: the channels, the scaling and the normalisation (one line)."""
+    channels = cfg.model.channels or 3
+    mean, std = ("(" + ", ".join(f"{v:.4g}" for v in values) + ")" for values in cfg.normalization())
+    if channels == 3:
+        what = "RGB scaled to [0, 1]"
     else:
-        lines = ["import torch, torchvision", f"net = torchvision.models.{name}(weights=None)", "net.fc = torch.nn.Identity()"]
-        if cfg.model.small_images:
-            lines.append(small_stem_line(width) + "  # small-image stem: 3x3 stride-1 conv1, no max-pool")
-    lines.append(f"net.load_state_dict(torch.load({str(file)!r}))")
-    return lines
+        what = f"{channels} channel{'s' if channels > 1 else ''} (band order as in the training files) scaled to [0, 1] (8-bit / 255, 16-bit / 65535)"
+    return f"{what}, then normalised with mean {mean} and std {std}"
 
 
 def _description(model: SimSiam, cfg: TrainConfig) -> dict[str, Any]:
+    mean, std = cfg.normalization()
+    channels = cfg.model.channels or 3
+    if channels == 3:
+        text = "RGB, (B, 3, H, W) float32, pixel/255 normalised with mean and std"
+    else:
+        text = f"{channels} channels, (B, {channels}, H, W) float32, 8-bit pixel/255 (16-bit pixel/65535) normalised with mean and std"
     return {
         "architecture": cfg.model.backbone,
+        "library": _library(cfg.model.backbone),
         "small_images": bool(cfg.model.small_images),
         "feature_dim": model.feature_dim,
         "image_size": cfg.image_size,
-        "input": "RGB, (B, 3, H, W) float32, pixel/255 normalised with mean and std",
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
+        "channels": channels,
+        "input": text,
+        "mean": list(mean),
+        "std": list(std),
+        "backbone": model.backbone_info.description,
     }
 
 
 def export_torchvision(model: SimSiam, cfg: TrainConfig, path: str | Path, source: str | None = None) -> Path:
     """Write the backbone's state_dict to ``path`` and a description beside it (``<path>.json``); returns that JSON's path.
 
-    The state_dict loads with strict=True into ``torchvision.models.<backbone>(weights=None)``
-    once its ``fc`` is ``nn.Identity()`` (and, for the small-image stem, after
-    :func:`small_stem_line`); :func:`loading_code` gives the exact lines. Both
-    files are written atomically: on a failure the previous ones stay and the
-    OSError names the file.
+    The state_dict loads with strict=True into the network its library builds
+    (torchvision's constructor with its classifier replaced by Identity, timm's
+    ``create_model(NAME, num_classes=0, in_chans=C)``, ...) after the lines of
+    :func:`loading_code`, which the JSON holds under "load". Both files are
+    written atomically: on a failure the previous ones stay and the OSError names
+    the file.
     """
     path = Path(path)
     meta_path = path.with_name(path.name + ".json")
     state = {k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_torch_atomic(state, path)
-    width = model.backbone.conv1.out_channels
-    meta = {"format": "torchvision", **_description(model, cfg), "load": loading_code(cfg, path, width), "checkpoint": source}
+    meta = {"format": "torchvision", **_description(model, cfg), "load": loading_code(model, path), "checkpoint": source}
     write_json(meta_path, meta)
     return meta_path
 
 
 class _Features(nn.Module):
-    """The backbone as a graph: normalised images (B, 3, H, W) -> features (B, D)."""
+    """The backbone as a graph: normalised images (B, C, H, W) -> features (B, D)."""
 
     def __init__(self, model: SimSiam):
         super().__init__()
@@ -107,7 +144,7 @@ class _Features(nn.Module):
 
 
 def export_onnx(model: SimSiam, cfg: TrainConfig, path: str | Path, opset: int = 17, source: str | None = None) -> None:
-    """Write an ONNX graph of ``SimSiam.features``: input ``images`` (batch, 3, S, S), output ``features`` (batch, D).
+    """Write an ONNX graph of ``SimSiam.features``: input ``images`` (batch, C, S, S), output ``features`` (batch, D).
 
     The batch dimension is dynamic. The graph's metadata holds the backbone, the
     image size and the input normalisation. The graph is built in memory and
@@ -126,7 +163,7 @@ def export_onnx(model: SimSiam, cfg: TrainConfig, path: str | Path, opset: int =
         warnings.simplefilter("ignore")
         torch.onnx.export(
             _Features(model),
-            (torch.zeros(2, 3, size, size),),
+            (torch.zeros(2, cfg.model.channels or 3, size, size),),
             buffer,
             dynamo=False,
             input_names=["images"],
@@ -146,7 +183,7 @@ def export_onnx(model: SimSiam, cfg: TrainConfig, path: str | Path, opset: int =
 
 
 def check_onnx(model: SimSiam, path: str | Path, images: torch.Tensor) -> float:
-    """Largest absolute difference between onnxruntime's and PyTorch's features on ``images`` (B, 3, S, S)."""
+    """Largest absolute difference between onnxruntime's and PyTorch's features on ``images`` (B, C, S, S)."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from .backbones import MODULE, BackboneInfo, adopt, build, build_backbone, has_small_stem, name_problem, zero_init_residual
 from .errors import ConfigError
-from .options import at_least, option
+from .options import at_least, in_range, option
 
 __all__ = ["BackboneInfo", "Encoder", "ModelConfig", "PredictionHead", "ProjectionHead", "SimSiam", "build_backbone"]
 
@@ -57,7 +57,10 @@ class ModelConfig:
         None, flag="--small-images", help="the paper's CIFAR stem: 3x3 stride-1 first conv, no max-pool (default: at 64 px or less)"
     )
     channels: int | None = option(
-        None, flag="--channels", check=at_least(1), help="image channels C, taken by the backbone's first convolution (default: the data's; 3 for RGB)"
+        None,
+        flag="--channels",
+        check=in_range(1, 512),  # 512: the most bands a file may hold (simsiam.decode.MAX_CHANNELS)
+        help="image channels C, taken by the backbone's first convolution (default: the data's; 3 for RGB; 1 reads images as grey)",
     )
     proj_dim: int = option(2048, flag="--proj-dim", check=at_least(1), help="output width d of the projection MLP (and of the predictor)")
     proj_hidden_dim: int | None = option(None, flag="--proj-hidden-dim", check=at_least(1), help="hidden width of the projection MLP (default: --proj-dim)")

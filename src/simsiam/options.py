@@ -272,7 +272,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return None
     elif origin is tuple:
         args = typing.get_args(hint)
-        if isinstance(value, (list, tuple)) and len(value) == len(args):
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[float, ...]: any length
+            if isinstance(value, (list, tuple)):
+                return tuple(_coerce(v, args[0], where) for v in value)
+        elif isinstance(value, (list, tuple)) and len(value) == len(args):
             return tuple(_coerce(v, t, where) for v, t in zip(value, args))
     elif hint is bool:
         if isinstance(value, bool):
@@ -298,5 +301,6 @@ def _type_name(hint: Any) -> str:
     if hint is type(None):
         return "null"
     if typing.get_origin(hint) is tuple:
-        return f"a list of {len(typing.get_args(hint))} numbers"
+        args = typing.get_args(hint)
+        return "a list of numbers" if len(args) == 2 and args[1] is Ellipsis else f"a list of {len(args)} numbers"
     return getattr(hint, "__name__", str(hint))
