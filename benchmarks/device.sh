@@ -5,6 +5,8 @@
 #   benchmarks/device.sh checks     # CUDA tests, throughput table with the candidate rows, GPU decoding
 #   benchmarks/device.sh cifar200   # the 200-epoch CIFAR-10 run of the cifar10 recipe (EXTRA="--set ..." for options)
 #   benchmarks/device.sh ddp        # DDP + SyncBatchNorm, two processes on the one GPU
+#   benchmarks/device.sh imagenet   # ResNet-50 at 224 px (imagenet recipe, 256 px jpeg cache on disk): end to end vs its
+#       compiled step vs lightly at 224 px, and the disk source alone (nvJPEG); about 7 minutes
 #   benchmarks/device.sh sweep "--lr 0.06" "--batch-size 256"   # cifar10 recipe variants, side by side
 #       on the one GPU (EPOCHS, default 100; LIMIT seconds, default 560): tuning on val in one call
 #
@@ -58,6 +60,12 @@ sweep)
     ;;
 ddp)
     timeout 90 python3 benchmarks/ddp_gpu_check.py 2>&1 | tail -15 | tee "$OUT/ddp.log"
+    ;;
+imagenet)
+    # 8,000 CIFAR-10 images upsampled to 256 px JPEGs stand in for a folder of photos (made once under /tmp).
+    python3 -m pytest -q -p no:cacheprovider tests/test_big_data.py 2>&1 | tail -3 | tee "$OUT/pytest-big-data.log"
+    timeout 540 python3 benchmarks/throughput.py imagenet --cifar /tmp/cifar10/train --count "${COUNT:-8000}" 2>&1 | grep -v Warning \
+        | tee "$OUT/imagenet.log"
     ;;
 cifar200)
     # The run folder stays in /tmp (checkpoints are large); its small files are copied

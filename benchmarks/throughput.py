@@ -5,6 +5,8 @@ alone, and lightly's SimSiam recipe; plus the CPU augmentation rate and GPU JPEG
     python benchmarks/throughput.py augment --data DIR   # CPU: Augment vs lightly's SimSiamTransform, 2 workers
     python benchmarks/throughput.py decode               # GPU vs CPU decoding of a synthetic folder of 256x256 JPEGs
     python benchmarks/throughput.py cpu [--data DIR]     # CPU: the step in float32 / channels_last / bf16; end to end vs lightly
+    python benchmarks/throughput.py source               # CPU: the batch source at 224 px from memory / disk raw / disk jpeg vs lightly
+    python benchmarks/throughput.py imagenet             # GPU: ResNet-50 at 224 px end to end vs compiled step vs lightly (sources.py)
 
 The setting is the issue's: CIFAR ResNet-18 (small-image stem), 2-layer 2048-d
 projector, 512-d predictor hidden layer, batch 512, SGD. Each figure is images/s
@@ -101,8 +103,10 @@ def model_step_alone(
     augment: bool = False,
     mode: str = "default",
     compile_augment: bool = False,
+    net: dict = CIFAR_RESNET18,
+    size: int = 32,
 ) -> float:
-    """Forward, loss, backward and fused SGD step on ready (pre-augmented) tensors.
+    """Forward, loss, backward and fused SGD step on ready (pre-augmented) tensors (``net`` at ``size`` px).
 
     augment=True: the same step in a plain loop (no Lightning) that first renders
     both views from a uint8 batch with Augment, as the training step does. Between
@@ -112,13 +116,13 @@ def model_step_alone(
     random parameters are still drawn eagerly), which fuses its ~140 small kernels.
     """
     torch.manual_seed(0)
-    model = SimSiam(**CIFAR_RESNET18).to(device)
+    model = SimSiam(**net).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4, fused=device.type == "cuda" or None)
-    views = [torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt) for _ in range(4)]
-    images = [torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=device) for _ in range(4)]
-    aug = Augment(size=32)
+    views = [torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt) for _ in range(4)]
+    images = [torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device) for _ in range(4)]
+    aug = Augment(size=size)
 
     def step(x1, x2):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -137,7 +141,7 @@ def model_step_alone(
         if augment:
             with torch.no_grad():
                 both = images[i % 4].repeat(2, 1, 1, 1)
-                x1, x2 = render(both, aug.sample(2 * batch, 32, 32, device)).chunk(2)
+                x1, x2 = render(both, aug.sample(2 * batch, size, size, device)).chunk(2)
             loss = fn(x1.contiguous(memory_format=fmt), x2.contiguous(memory_format=fmt))
         else:
             loss = fn(views[i % 4], views[(i + 1) % 4])
@@ -164,16 +168,19 @@ def augment_alone(batch: int, steps: int, device: torch.device) -> float:
 # -- (c) lightly's recipe -----------------------------------------------------------------------
 
 
-def lightly_recipe(data: str, batch: int, steps: int, workers: int, device: torch.device, model: dict = CIFAR_RESNET18) -> float:
+def lightly_recipe(
+    data: str, batch: int, steps: int, workers: int, device: torch.device, model: dict = CIFAR_RESNET18, size: int = 32, blur: float = 0.0
+) -> float:
     """lightly 1.6's SimSiam recipe: PIL decode + SimSiamTransform in DataLoader workers, fp32 model step."""
     os.environ.setdefault("LIGHTLY_DID_VERSION_CHECK", "True")
     from lightly.data import LightlyDataset
     from lightly.loss import NegativeCosineSimilarity
     from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
     from lightly.transforms import SimSiamTransform
+
     from simsiam.model import build_backbone
 
-    transform = SimSiamTransform(input_size=32, gaussian_blur=0.0)
+    transform = SimSiamTransform(input_size=size, gaussian_blur=blur)
     dataset = LightlyDataset(data, transform=transform)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, persistent_workers=workers > 0, pin_memory=True
@@ -418,8 +425,11 @@ def main() -> None:
     c.add_argument("--threads", type=int, default=2, help="torch threads, and lightly's DataLoader workers")
     c.add_argument("--data", help="an image folder for the end-to-end rows (ours vs lightly); none: step rows only")
     c.add_argument("--lightly-steps", type=int, default=60)
+    from sources import MODES, add_modes
+
+    add_modes(sub)
     args = parser.parse_args()
-    {"gpu": gpu, "augment": augment, "decode": decode, "cpu": cpu}[args.mode](args)
+    {"gpu": gpu, "augment": augment, "decode": decode, "cpu": cpu, **MODES}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def test_flags_override_the_config_file_which_overrides_the_recipe():
     cfg, names = layered({"epochs": 1, "model.proj_dim": 32}, file, "c.yaml")
     assert cfg.epochs == 1 and names["epochs"] == "--epochs"  # flag over file
     assert cfg.optim.base_lr == 0.5 and names["optim.base_lr"] == "c.yaml: optim.base_lr"  # file over recipe (demo has 0.3)
-    assert cfg.model.backbone == "resnet10-slim" and cfg.recipe == "demo"  # from the recipe
+    assert cfg.model.backbone == "resnet10-tiny" and cfg.recipe == "demo"  # from the recipe
     assert cfg.model.proj_dim == 32 and cfg.knn_every == 0
 
 
@@ -101,7 +101,7 @@ def test_only_some_options_may_change_on_resume(tmp_path):
 def test_the_default_recipe_on_a_cpu_is_cpu_sized_unless_a_setting_was_named():
     assert default_recipe({}, on_gpu=False)[0] == "demo"
     name, note = default_recipe({"data": "photos"}, on_gpu=False)
-    assert name == "cpu" and "--recipe cifar10" in note and "resnet10-slim" in note
+    assert name == "cpu" and "--recipe cifar10" in note and "resnet10-tiny" in note
     assert default_recipe({"data": "photos", "model.backbone": "resnet50"}, on_gpu=False) == (None, None)
     assert default_recipe({"data": "photos", "batch_size": 64}, on_gpu=False) == (None, None)
     assert default_recipe({"data": "photos"}, on_gpu=True) == (None, None)

@@ -267,27 +267,55 @@ def test_names_with_newlines_and_carriage_returns_stay_on_one_line(tmp_path):
 # -- the cache ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("damage", ["no labels", "wrong images", "labels out of range", "truncated"])
-def test_a_cache_file_of_the_wrong_structure_is_named_and_rebuilt(tmp_path, damage):
+def _rewrite_record(record: Path, change) -> None:
+    """Change the entry's record and sign it again, as a foreign writer would: only the structure checks can refuse it."""
+    import hashlib
+    import json
+
+    head, _, body = record.read_bytes().partition(b"\n")
+    rec = json.loads(body)
+    change(rec)
+    body = json.dumps(rec).encode()
+    record.write_bytes(b" ".join(head.split(b" ")[:-1]) + b" " + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+
+
+DAMAGES = ["no labels", "labels out of range", "wrong shape", "truncated", "longer", "garbled record", "garbled pixels", "no record"]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_image_cache_is_named_and_rebuilt(tmp_path, damage):
     root = _images(tmp_path / "data" / "a", n=3).parent
     _images(root / "b", n=3)
-    first, said = _load(root)
+    first, said = _load(root, data_on="disk")
     assert said == []
-    (cache_file,) = (tmp_path / "cache").glob("*.pt")
-    entry = torch.load(cache_file, weights_only=True)
+    (entry,) = (tmp_path / "cache" / "images").glob("*.raw")
+    pixels, record = entry / "images.u8", entry / "meta.json"
+    named = record
     if damage == "no labels":
-        torch.save({k: v for k, v in entry.items() if k != "labels"}, cache_file)
-    elif damage == "wrong images":
-        torch.save({**entry, "images": entry["images"].float()}, cache_file)
+        _rewrite_record(record, lambda rec: rec.pop("labels"))
     elif damage == "labels out of range":
-        torch.save({**entry, "labels": entry["labels"] + 5}, cache_file)
+        _rewrite_record(record, lambda rec: rec.update(labels=[y + 5 for y in rec["labels"]]))
+    elif damage == "wrong shape":
+        _rewrite_record(record, lambda rec: rec.update(shape=[6, 1, 16, 16]))
+    elif damage in ("truncated", "longer"):
+        data = pixels.read_bytes()
+        pixels.write_bytes(data[:-100] if damage == "truncated" else data + b"x")
+        named = pixels
+    elif damage == "garbled record":
+        data = bytearray(record.read_bytes())
+        data[len(data) // 2] ^= 0x20
+        record.write_bytes(bytes(data))
+    elif damage == "garbled pixels":
+        pixels.write_bytes(bytes(pixels.stat().st_size))  # right size, wrong bytes
+        named = pixels
     else:
-        cache_file.write_bytes(cache_file.read_bytes()[:100])
-    again, said = _load(root)
-    assert len(said) == 1 and str(cache_file) in said[0] and "rebuilding" in said[0]
-    assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
+        record.unlink()
+    again, said = _load(root, data_on="disk")
+    assert len(said) == 1 and str(named) in said[0] and "rebuilding" in said[0], said
+    assert torch.equal(again.images[:], first.images[:]) and torch.equal(again.labels, first.labels)
     third, said = _load(root)  # rebuilt: no warning, no error, ever after
-    assert said == [] and torch.equal(third.labels, first.labels)
+    assert said == [] and torch.equal(third.labels, first.labels) and torch.equal(third.images, first.images[:])
+    assert [p.name for p in (tmp_path / "cache" / "images").iterdir() if not p.name.endswith(".lock")] == [entry.name]
 
 
 def test_a_damaged_feature_cache_is_named_and_recomputed(tmp_path):

@@ -192,3 +192,25 @@ def test_a_resumed_two_process_run_continues_from_its_checkpoint(fresh_run):
     assert not torch.equal(ranks[0]["seen"][1], first_epoch)  # reshuffled for the new epoch
     assert distinct_images([r["seen"][1] for r in ranks]) == N_TRAIN
     assert_same_weights(ranks)
+
+
+# -- the images left in the disk cache ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def disk_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("ddp-disk")
+    make_images(cwd / "data")
+    # Both processes load DATA at once: one builds the cache under its lock, the other waits and reads it.
+    log = run_worker(cwd, cwd / "record", ["--epochs", "1", "--data-on", "disk"])
+    return SimpleNamespace(cwd=cwd, log=log, ranks=records(cwd / "record"))
+
+
+def test_each_process_reads_only_its_shard_from_the_disk_cache(disk_run, fresh_run):
+    rows = [r["rows"][0] for r in disk_run.ranks]
+    assert [len(r) for r in rows] == [STEPS * 4, STEPS * 4]  # what each trained on, read once, nothing more
+    assert not set(rows[0]) & set(rows[1]) and len(set(rows[0]) | set(rows[1])) == N_TRAIN
+    for disk, memory in zip(disk_run.ranks, fresh_run.ranks):  # the same shards, batch for batch, as from memory
+        assert torch.equal(disk["seen"][0], memory["seen"][0])
+    assert disk_run.log.count("kept on disk (") == 1 and "read in prefetched batches: --data-on disk" in disk_run.log
+    assert_same_weights(disk_run.ranks)

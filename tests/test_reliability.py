@@ -420,7 +420,7 @@ def _corrupt(kind: str, ckpt: Path) -> None:
     elif kind == "zero bytes":
         ckpt.write_bytes(b"")
     elif kind == "garbage":
-        ckpt.write_bytes(os.urandom(4096))
+        ckpt.write_bytes(random.Random(0).randbytes(4096))
     elif kind == "foreign weights":
         torch.save({"conv.weight": torch.zeros(3)}, ckpt)
     elif kind == "pickled object":

@@ -37,6 +37,8 @@ def test_train_one_epoch_writes_the_run_folder(class_folder, tmp_path, capsys):
     assert [r["epoch"] for r in rows] == ["1"] and float(rows[0]["images_per_s"]) > 0 and rows[0]["knn_top1"]
     result = json.loads((run / "metrics.json").read_text())
     assert result["knn_top1_random_init"] is not None and result["config"]["model"]["backbone"] == "resnet10-slim"
+    figures = [v for v in result.values() if isinstance(v, float)]
+    assert figures and all(len(repr(v).lstrip("-").replace(".", "").lstrip("0")) <= 6 for v in figures), result  # no float32 noise
     out = capsys.readouterr().out
     assert "holding out" in out and re.search(r"^kNN top-1 of the backbone at random init: \d\.\d{4}$", out, re.M), out
     # the backbone weights load into the same torchvision network

@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm.auto import tqdm
 
+from .batches import take
 from .config import TrainConfig
 from .data import ImageSet
 from .errors import NonFiniteLossError, TrainingInterrupted
@@ -141,8 +142,10 @@ class OnlineKnn(L.Callback):
         """Backbone features (N, D) of uint8 ``images``: this process's slice, gathered from all."""
         world, rank, model = trainer.world_size, trainer.global_rank, pl_module.model
         per = -(-images.shape[0] // world)
-        slice_ = images[rank * per : (rank + 1) * per]
-        mine = extract_features(model, slice_, device=pl_module.device, channels_last=bool(self.cfg.channels_last))
+        slice_ = take(images, slice(rank * per, (rank + 1) * per))  # from disk: a view, read batch by batch
+        mean, std = self.cfg.normalization()  # as the views are normalised
+        options = dict(channels_last=bool(self.cfg.channels_last), mean=mean, std=std, crop=self.cfg.image_size)  # crop: a larger cache
+        mine = extract_features(model, slice_, device=pl_module.device, **options)
         if world == 1:
             return mine
         padded = mine.new_zeros(per, model.feature_dim)  # all_gather wants one shape on every process

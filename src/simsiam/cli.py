@@ -184,8 +184,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         help="the backbone as torchvision weights or ONNX",
-        description="torchvision: a state_dict for torchvision's ResNet with fc = Identity (a JSON description goes beside "
-        "it). onnx: the feature graph, input 'images' (batch, 3, S, S) normalised, output 'features' (batch, D), dynamic batch.",
+        description="torchvision: a state_dict that loads strictly into the backbone's own constructor (torchvision's with its "
+        "classifier replaced by Identity, or timm.create_model for timm: backbones); the loading lines are printed and go into a JSON "
+        "description beside it. onnx: the feature graph, input 'images' (batch, C, S, S) normalised, output 'features' (batch, D), "
+        "dynamic batch.",
     )
     _add_checkpoint_arguments(p, data=False, features=False)
     p.add_argument("--format", required=True, choices=["torchvision", "onnx"], help="torchvision state_dict or ONNX graph")
@@ -252,14 +254,17 @@ def _images(args: argparse.Namespace, cfg: Any, data: str | None) -> Any:
 
     if data is None:
         print("no DATA given: using the bundled demo set (5,000 CIFAR-10 images); pass DATA for your own images")
-    return data_module.load(data, cfg.image_size, progress=not args.quiet)
+    # At the size training cached them (256 px for 224 px training, say; centre-cropped to the training size for features).
+    size = getattr(cfg, "cache_size", None) or cfg.image_size
+    return data_module.load(data, size, progress=not args.quiet, channels=cfg.model.channels or 3, cache_format=cfg.cache_format)
 
 
-def _features(args: argparse.Namespace, model: Any, file: Path, images: Any) -> Any:
+def _features(args: argparse.Namespace, model: Any, cfg: Any, file: Path, images: Any) -> Any:
     from .evaluate import feature_cache_key, features_of
 
     key = feature_cache_key(file, images.images) if args.cache_features else None
-    feats, cache = features_of(model, images.images, _device(args.accelerator), args.batch_size, key, progress=not args.quiet)
+    mean, std = cfg.normalization()  # as in training
+    feats, cache = features_of(model, images.images, _device(args.accelerator), args.batch_size, key, not args.quiet, mean, std, cfg.image_size)
     if cache is not None and not args.quiet:
         print(f"features of {images.source}: {cache}")
     return feats
@@ -275,6 +280,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         model, train, test, knn_k=args.knn_k, knn_temperature=args.knn_temperature, linear=args.linear,
         linear_epochs=args.linear_epochs, linear_lr=args.linear_lr, device=_device(args.accelerator),
         batch_size=args.batch_size, checkpoint=file, cache=args.cache_features, progress=not args.quiet,
+        mean=cfg.normalization()[0], std=cfg.normalization()[1], crop=cfg.image_size,
     )  # fmt: skip
     result = {"checkpoint": str(file), "backbone": cfg.model.backbone, "image_size": cfg.image_size, **result}
     print(f"{file}: {cfg.model.backbone}, {result['feature_dim']}-d features at {cfg.image_size}x{cfg.image_size}")
@@ -297,7 +303,7 @@ def _embed(args: argparse.Namespace) -> int:
 
     model, cfg, file, out = _open(args, "embeddings.parquet", EMBED_EXTENSIONS)
     images = _images(args, cfg, args.data)
-    feats = _features(args, model, file, images)  # (N, D)
+    feats = _features(args, model, cfg, file, images)  # (N, D)
     meta = {"checkpoint": str(file), "backbone": cfg.model.backbone, "image_size": cfg.image_size, "data": images.source}
     write_embeddings(out, feats, images, meta)
     print(f"wrote {out}: {len(images)} embeddings of {feats.shape[1]} dimensions" + (", with labels" if images.labels is not None else ""))
@@ -309,8 +315,10 @@ def _neighbors(args: argparse.Namespace) -> int:
 
     model, cfg, file, out = _open(args, "neighbors.png", FIGURE_EXTENSIONS)
     bank = _images(args, cfg, args.data)
-    feats = _features(args, model, file, bank)  # (N, D)
-    grid = neighbor_grid(model, bank, feats, queries=args.query, num_queries=args.num_queries, k=args.k, seed=args.seed)
+    feats = _features(args, model, cfg, file, bank)  # (N, D)
+    mean, std = cfg.normalization()
+    grid = neighbor_grid(model, bank, feats, queries=args.query, num_queries=args.num_queries, k=args.k, seed=args.seed, mean=mean, std=std,
+                         crop=cfg.image_size)  # fmt: skip
     title = f"Nearest neighbours in {_name(bank.source)} by cosine similarity of backbone features ({cfg.model.backbone}, {file.name})"
     plot_neighbors(grid, bank, out, title)
     agree = "" if grid.agreement is None else f"; {grid.agreement:.0%} of the neighbours share their query's class"
@@ -332,7 +340,7 @@ def _map(args: argparse.Namespace) -> int:
         total, g = len(images), torch.Generator().manual_seed(args.seed)
         images = images.subset(torch.randperm(total, generator=g)[: args.max_images].sort().values)
         print(f"mapping a random {args.max_images} of the {total} images (--max-images)")
-    feats = _features(args, model, file, images)  # (N, D)
+    feats = _features(args, model, cfg, file, images)  # (N, D)
     if not args.quiet:
         print(f"projecting {len(images)} embeddings to 2-D with {method}" + (" (a minute or more on a CPU)" if method == "UMAP" and len(images) > 2000 else ""))
     coords, method = project_2d(feats, method.lower(), seed=args.seed)  # (N, 2)
@@ -343,31 +351,31 @@ def _map(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .augment import IMAGENET_MEAN, IMAGENET_STD
-    from .export import check_onnx, export_onnx, export_torchvision, loading_code
+    from .export import check_onnx, describe_input, export_onnx, export_torchvision, loading_code
 
     suffixes = (".onnx",) if args.format == "onnx" else (".pt", ".pth")
     if args.format == "onnx":
         from .export import require_onnx
 
         require_onnx()  # before any work: the extra to install is the one line printed
-    model, cfg, file, out = _open(args, lambda cfg: f"{cfg.model.backbone}{suffixes[0]}", suffixes)
-    size, dim = cfg.image_size, model.feature_dim
+    # "timm:convnext_atto" -> timm_convnext_atto.pt: a colon is no file name character everywhere
+    model, cfg, file, out = _open(args, lambda cfg: f"{cfg.model.backbone.replace(':', '_')}{suffixes[0]}", suffixes)
+    size, dim, channels = cfg.image_size, model.feature_dim, cfg.model.channels or 3
     if args.format == "torchvision":
         meta = export_torchvision(model, cfg, out, source=str(file))
         print(f"wrote {out}: {cfg.model.backbone} backbone weights, {dim}-d features, trained at {size}x{size} (description: {meta})")
-        print("load them with:\n    " + "\n    ".join(loading_code(cfg, out, model.backbone.conv1.out_channels)))
+        print("load them with:\n    " + "\n    ".join(loading_code(model, out)))
     else:
         import torch
 
         export_onnx(model, cfg, out, opset=args.opset, source=str(file))
-        print(f"wrote {out}: input 'images' (batch, 3, {size}, {size}) float32, output 'features' (batch, {dim}); batch size is dynamic")
+        print(f"wrote {out}: input 'images' (batch, {channels}, {size}, {size}) float32, output 'features' (batch, {dim}); batch size is dynamic")
         try:
-            diff = check_onnx(model, out, torch.randn(3, 3, size, size))
+            diff = check_onnx(model, out, torch.randn(3, channels, size, size))
             print(f"checked with onnxruntime: largest difference from PyTorch {diff:.2e}")
         except ImportError:
             pass
-    print(f"inputs: RGB scaled to [0, 1], then normalised with mean {IMAGENET_MEAN} and std {IMAGENET_STD}")
+    print(f"inputs: {describe_input(cfg)}")
     return 0
 
 

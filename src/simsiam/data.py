@@ -1,18 +1,21 @@
 """Image sources decoded once into one uint8 tensor.
 
-Data flows one way: files -> (N, 3, S, S) uint8 cache -> device -> batched
+Data flows one way: files -> (N, C, S, S) uint8 cache -> device -> batched
 augmentation. Three sources are understood:
 
 - a folder of images, searched recursively: flat (unlabeled), or with one
-  subfolder per class (the subfolder names become the labels);
+  subfolder per class (the subfolder names become the labels); images are RGB
+  (C = 3), or one grey channel with ``channels=1``, and multispectral stacks
+  (.npy, .npz, multi-page TIFF) have their own C bands (see :func:`load_folder`);
 - a CIFAR-10 "python version" folder (data_batch_1..5) or one batch file;
 - the bundled demo set (``data=None``): 5,000 labeled 32x32 images of CIFAR-10's
   validation split, stored as their JPEG bytes in one 5 MB file.
 
 Images are decoded by :mod:`simsiam.decode` (resized, shorter side to S, and
-centre-cropped to S x S, once); the result is saved in the disk cache
-(``$SIMSIAM_CACHE``, see :mod:`simsiam.io`) and reused while the files are
-unchanged.
+centre-cropped to S x S, once), a chunk at a time, straight into the image cache
+on disk (``$SIMSIAM_CACHE/images``, see :mod:`simsiam.cache`), and reused while
+the files are unchanged; a folder's images are then read into memory when they
+fit, or left on disk and read by index (:mod:`simsiam.folder_cache`).
 
 Reading DATA never runs code and never reads our own outputs: CIFAR batches are
 unpickled with a restricted unpickler that admits only the types the format
@@ -26,23 +29,26 @@ import hashlib
 import os
 import statistics
 import warnings
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .decode import decode_files, decode_image, image_size_of, read_cifar_pickle, show_path
-from .errors import DataError
-from .io import cache_dir, load_cached, save_cached
+from .decode import STACK_EXTENSIONS, channels_of, decode_image, image_size_of, read_cifar_pickle, show_path
+from .disk_images import DiskImages
+from .errors import ConfigError, DataError
+from .folder_cache import cached_folder
+from .io import cache_dir
 
 __all__ = ["ImageSet", "DataError", "SkippedImagesWarning", "load", "load_folder", "load_cifar", "load_demo", "list_images"]
-__all__ += ["is_run_folder", "cache_dir", "decode_image", "show_path"]
+__all__ += ["is_run_folder", "cache_dir", "decode_image", "show_path", "channel_stats"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Images, and arrays of bands (.npy, .npz: H x W x C); a TIFF may be an image or a stack of bands, one per page.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".npy", ".npz")
 DEMO_FILE = Path(__file__).parent / "demo" / "cifar10_demo.npz"
 DEFAULT_MAX_SIZE = 224
 CACHE_VERSION = 1
@@ -57,7 +63,7 @@ class SkippedImagesWarning(UserWarning):
 class ImageSet:
     """Decoded images with their labels and where they came from."""
 
-    images: torch.Tensor  # (N, 3, S, S) uint8
+    images: torch.Tensor | DiskImages  # (N, C, S, S) uint8: C = 3 for RGB; in memory, or read from the disk cache by index
     labels: torch.Tensor | None  # (N,) int64, or None for unlabeled data
     classes: list[str]
     paths: list[str]
@@ -70,10 +76,14 @@ class ImageSet:
     def image_size(self) -> int:
         return self.images.shape[-1]
 
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
     def subset(self, index: torch.Tensor) -> ImageSet:
         index = torch.as_tensor(index, dtype=torch.long)
         return ImageSet(
-            images=self.images[index],
+            images=self.images.subset(index) if isinstance(self.images, DiskImages) else self.images[index],
             labels=None if self.labels is None else self.labels[index],
             classes=self.classes,
             paths=[self.paths[i] for i in index.tolist()],
@@ -209,21 +219,16 @@ def _cache_key(kind: str, root: Path, files: list[Path], size: int) -> str:
     return h.hexdigest()[:20]
 
 
-def _is_image_cache(obj: Any, size: int) -> bool:
-    """Whether ``obj`` is what load_folder saves: images, labels, classes, paths and skipped that fit together."""
-    if not isinstance(obj, dict) or not {"images", "labels", "classes", "paths", "skipped"} <= obj.keys():
-        return False
-    images, labels, classes = obj["images"], obj["labels"], obj["classes"]
-    if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and tuple(images.shape[1:]) == (3, size, size)):
-        return False
-    n = images.shape[0]
-    texts = all(isinstance(x, list) and all(isinstance(s, str) for s in x) for x in (classes, obj["paths"], obj["skipped"]))
-    if not texts or len(obj["paths"]) != n:
-        return False
-    if labels is None:
-        return True
-    return (isinstance(labels, torch.Tensor) and labels.dtype == torch.long and tuple(labels.shape) == (n,)
-            and (n == 0 or (int(labels.min()) >= 0 and int(labels.max()) < len(classes))))  # fmt: skip
+def _data_channels(files: list[Path]) -> int:
+    """The folder's channel count: 3 for image files (grey ones too, as RGB), C for stacks of C bands.
+
+    The most common count over a sample of up to 200 files (the first seen wins a
+    tie); only the headers of files that may be stacks (.npy, .npz, .tif) are read.
+    """
+    sample = files[:: max(1, len(files) // 200)][:200]
+    counts = Counter(channels_of(f) if f.suffix.lower() in STACK_EXTENSIONS else 3 for f in sample)
+    counts.pop(None, None)
+    return counts.most_common(1)[0][0] if counts else 3
 
 
 def _warn_skipped(reasons: list[str], total: int) -> None:
@@ -245,34 +250,41 @@ def load_folder(
     progress: bool = True,
     decode_device: str | None = None,
     exclude: Iterable[str | Path] = (),
+    channels: int | None = None,
+    data_on: str = "auto",
+    cache_format: str = "auto",
+    processes: int = 1,
 ) -> ImageSet:
-    """An image folder as an ImageSet, decoded once and then read from the disk cache; see :func:`load`."""
+    """An image folder as an ImageSet, decoded once into the disk cache and then read from it; see :func:`load`.
+
+    The decoded images stay on disk (:class:`~simsiam.disk_images.DiskImages`)
+    when they would take more than half of the free memory (for ``processes``
+    copies), or with ``data_on="disk"``; ``"memory"`` always reads them in.
+    ``cache_format``: raw pixels, or JPEGs re-encoded at high quality (several
+    times smaller); ``auto`` takes JPEG when raw would not fit in memory or on disk
+    (see :mod:`simsiam.folder_cache`).
+
+    ``channels``: None finds the count from the data (3 for image files, C for
+    stacks of C bands: the most common count over a sample); 1 reads every image
+    as one grey channel; any count reads stacks of that many bands. A file of
+    another channel count is skipped and named in the warning, as a file that
+    cannot be decoded is (``strict`` stops at it instead).
+    """
     root = Path(root)
     files, labels, classes = list_images(root, exclude)
     if not files:
         raise DataError(f"{show_path(root)}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
     size = image_size or _auto_size(files)
-    name = f"{_cache_key('folder', root, files, size)}.pt"
-    cached = load_cached(name, lambda obj: _is_image_cache(obj, size), "image cache")
-    if cached is not None and strict and cached["skipped"]:
-        raise DataError(cached["skipped"][0])
-    if cached is None:
-        on_gpu = decode_device is not None and torch.device(decode_device).type == "cuda"
-        images, keep, skipped = decode_files(files, size, strict=strict, progress=progress, jpeg_device=decode_device if on_gpu else None)
-        _warn_skipped(skipped, len(files))
-        if not keep:
-            raise DataError(f"{show_path(root)}: none of the {len(files)} image files could be decoded")
-        cached = dict(
-            images=images[keep].clone() if len(keep) < len(files) else images,
-            labels=None if labels is None else torch.tensor([labels[i] for i in keep], dtype=torch.long),
-            classes=classes,
-            paths=[str(files[i]) for i in keep],
-            skipped=skipped,  # so that a run from the cache warns about them too
-        )
-        save_cached(name, cached, "image cache")
-    else:
-        _warn_skipped(list(cached["skipped"]), len(files))
-    return ImageSet(cached["images"], cached["labels"], list(cached["classes"]), list(cached["paths"]), str(root))
+    channels = channels or _data_channels(files)
+    key = _cache_key("folder" if channels == 3 else f"folder/{channels}", root, files, size)
+    on_gpu = decode_device is not None and torch.device(decode_device).type == "cuda"
+    stored = cached_folder(key, files, labels, classes, size, channels, cache_format, data_on, processes, strict=strict,
+                           progress=progress, decode_device=decode_device if on_gpu else None)  # fmt: skip
+    _warn_skipped(stored.skipped, len(files))
+    if not stored.paths:
+        raise DataError(f"{show_path(root)}: none of the {len(files)} image files could be decoded")
+    labels_ = None if stored.labels is None else torch.tensor(stored.labels, dtype=torch.long)
+    return ImageSet(stored.images, labels_, list(stored.classes), list(stored.paths), str(root))
 
 
 # -- CIFAR-10 python batches -----------------------------------------------------------
@@ -339,24 +351,67 @@ def load(
     progress: bool = True,
     decode_device: str | None = None,
     exclude: Iterable[str | Path] = (),
+    channels: int | None = None,
+    data_on: str = "auto",
+    cache_format: str = "auto",
+    processes: int = 1,
 ) -> ImageSet:
     """Load DATA as the CLI understands it: None (the demo set), an image folder, or CIFAR-10 batches.
 
     decode_device="cuda" decodes the JPEGs of a folder on the GPU (when the cache
     is built). ``exclude`` names files or folders inside DATA never to read (a
     run's own output folder); run folders of simsiam are left out anyway.
+    ``channels`` (None: the data's) is for folders; the demo set and CIFAR-10 are RGB.
+    ``data_on``, ``cache_format`` and ``processes`` decide where a folder's decoded
+    images are kept (see :func:`load_folder`); the demo set and CIFAR-10 are held in memory.
 
     >>> ds = load(None)
     >>> ds.images.shape, ds.images.dtype, len(ds.classes)
     (torch.Size([5000, 3, 32, 32]), torch.uint8, 10)
     """
-    if data is None:
+    path = None if data is None else Path(data)
+    if channels not in (None, 3) and (path is None or (path.exists() and _is_cifar(path))):
+        what = "the demo set" if path is None else f"{show_path(path)} (CIFAR-10 batches)"
+        raise ConfigError(f"{what} is RGB: 3 channels, not {channels}", key="model.channels")
+    if path is None:
         return load_demo(image_size)
-    path = Path(data)
     if not path.exists():
         raise DataError(f"{show_path(path)}: no such file or folder")
     if _is_cifar(path):
         return load_cifar(path, image_size)
     if not path.is_dir():
         raise DataError(f"{show_path(path)}: expected a folder of images or a CIFAR-10 python batch")
-    return load_folder(path, image_size, strict=strict, progress=progress, decode_device=decode_device, exclude=exclude)
+    return load_folder(path, image_size, strict=strict, progress=progress, decode_device=decode_device, exclude=exclude, channels=channels,
+                       data_on=data_on, cache_format=cache_format, processes=processes)  # fmt: skip
+
+
+# -- normalisation -------------------------------------------------------------------------
+
+
+def channel_stats(images: torch.Tensor, max_images: int = 10_000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), for pixels scaled to [0, 1].
+
+    What images that are not RGB are normalised with (RGB keeps ImageNet's, as
+    pretrained torchvision weights expect). Exact, from per-channel histograms of
+    the 256 values, over every image or, above ``max_images``, an evenly spaced
+    sample of them. A channel with no spread gets std 1/255 (one grey level), so
+    that normalising never divides by zero. Rounded to 6 digits, as the run's
+    config stores them.
+
+    >>> channel_stats(torch.tensor([[[[0, 255]]], [[[0, 255]]]], dtype=torch.uint8))
+    ((0.5,), (0.5,))
+    """
+    n, C = images.shape[:2]
+    index = torch.arange(0, n, max(1, -(-n // max_images)))
+    per_chunk = max(1, 4_000_000 // max(1, images[0].numel()))  # about 32 MB of int64 indices at a time
+    offsets = (torch.arange(C) * 256).view(1, C, 1)
+    counts = torch.zeros(C * 256, dtype=torch.float64)
+    for start in range(0, len(index), per_chunk):
+        chunk = images[index[start : start + per_chunk]].to("cpu", torch.int64).flatten(2)  # (b, C, H*W)
+        counts += torch.bincount((chunk + offsets).flatten(), minlength=C * 256).double()
+    counts = counts.view(C, 256)
+    values = torch.arange(256, dtype=torch.float64) / 255
+    total = counts.sum(dim=1).clamp_min(1)
+    mean = (counts * values).sum(dim=1) / total
+    std = ((counts * values**2).sum(dim=1) / total - mean**2).clamp_min(0).sqrt().clamp_min(1 / 255)
+    return tuple(round(float(m), 6) for m in mean), tuple(round(float(v), 6) for v in std)

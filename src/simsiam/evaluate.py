@@ -25,12 +25,29 @@ __all__ += ["collapse_level", "backbone_snapshot", "check_unchanged", "linear_pr
 __all__ += ["align_labels", "evaluate_encoder"]
 
 
-def normalize_images(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float, normalised as the training views are (no augmentation)."""
-    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+def normalize_images(images: torch.Tensor, mean=None, std=None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float, normalised as the training views are (no augmentation).
+
+    ``mean`` and ``std`` hold one value per channel, for pixels scaled to [0, 1]:
+    the run's (``TrainConfig.normalization()``); None is ImageNet's, for RGB only.
+    ``out`` (float, the shape of ``images``) is computed into, in place: a loop over
+    batches that reuses one buffer allocates nothing per batch (large temporaries
+    of each batch leave the C heap fragmented, and resident memory grows).
+    """
+    C = images.shape[1]
+    if mean is None or std is None:
+        if C != 3:
+            raise ValueError(f"{C}-channel images need the run's per-channel mean and std (ImageNet's are for RGB)")
+        mean, std = mean or IMAGENET_MEAN, std or IMAGENET_STD
+    if len(mean) != C or len(std) != C:
+        raise ValueError(f"mean and std need one value per channel: {C}, got {len(mean)} and {len(std)}")
+    if out is not None:
+        x = out.copy_(images).div_(255.0) if images.dtype == torch.uint8 else out.copy_(images)
+    else:
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    mean = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, C, 1, 1)
+    std = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, C, 1, 1)
+    return x.sub_(mean).div_(std) if out is not None else (x - mean) / std
 
 
 @torch.no_grad()
@@ -41,31 +58,54 @@ def extract_features(
     device: torch.device | str | None = None,
     channels_last: bool = False,
     progress: bool = False,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    crop: int | None = None,
 ) -> torch.Tensor:
-    """Backbone features (N, D) of uint8 images (N, 3, H, W), in eval mode, float32 on ``device``.
+    """Backbone features (N, D) of uint8 images (N, C, H, W), in eval mode, float32 on ``device``.
 
+    Images are normalised with ``mean`` and ``std`` (see :func:`normalize_images`)
+    and, with ``crop``, centre-cropped to crop x crop first (images cached larger
+    than the training size: resize 256, centre crop 224, as ImageNet evaluation
+    does). ``images`` may be a tensor or images left on disk
+    (:class:`~simsiam.disk_images.DiskImages`): batches are read ahead in the
+    background (:func:`simsiam.batches.in_order`), never all at once.
     The model's train/eval state is restored afterwards.
     """
+    from .batches import in_order
+
     device = torch.device(device) if device is not None else next(model.parameters()).device
     out = []
-    batches = range(0, images.shape[0], batch_size)
+    batches = in_order(images, batch_size, device)
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc="extracting features", unit="batch")
+        batches = tqdm(batches, total=-(-images.shape[0] // batch_size), desc="extracting features", unit="batch")
     # bf16 where it is fast (as in training): on a GPU, and on a CPU with bf16 matrix units.
     from .config import cpu_has_bf16_units
 
     bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_units())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     with eval_mode(model):
-        for start in batches:
-            x = normalize_images(images[start : start + batch_size].to(device, non_blocking=True))
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+        buffer = None  # one float buffer for every batch, in the model's memory format
+        for batch in batches:
+            batch = centre_crop(batch, crop)
+            if buffer is None or buffer.shape[1:] != batch.shape[1:]:
+                layout = torch.channels_last if channels_last else torch.contiguous_format
+                buffer = torch.empty((batch_size, *batch.shape[1:]), device=device, memory_format=layout)
+            x = normalize_images(batch, mean, std, out=buffer[: batch.shape[0]])
             with autocast:
                 out.append(model.features(x).float())
     return torch.cat(out) if out else torch.empty(0, getattr(model, "feature_dim", 0), device=device)
+
+
+def centre_crop(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, size, size), the centre; unchanged when ``size`` is None or not smaller."""
+    h, w = images.shape[-2:]
+    if size is None or (h <= size and w <= size):
+        return images
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return images[..., top : top + size, left : left + size]
 
 
 @torch.no_grad()
@@ -115,7 +155,8 @@ def knn_accuracy(
     """
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     scores = knn_predict(train_features, train_labels, test_features, num_classes, k, temperature)
-    return (scores.argmax(dim=1).cpu() == test_labels.cpu()).float().mean().item()
+    correct = int((scores.argmax(dim=1).cpu() == test_labels.cpu()).sum())
+    return correct / max(1, len(test_labels))  # a Python division: 0.38, not float32's 0.3799999952316284
 
 
 def z_std(z: torch.Tensor) -> torch.Tensor:
@@ -236,7 +277,10 @@ def feature_cache_key(checkpoint: str | Path, images: torch.Tensor) -> str:
     checkpoint = Path(checkpoint).resolve()
     st = checkpoint.stat()
     h = hashlib.sha1(f"features|1|{checkpoint}|{st.st_size}|{st.st_mtime_ns}|{tuple(images.shape)}".encode())
-    h.update(memoryview(images.contiguous().cpu().numpy()).cast("B"))
+    if hasattr(images, "fingerprint"):  # images left on disk: the cache entry's checksum and the rows, not every byte
+        h.update(images.fingerprint().encode())
+    else:
+        h.update(memoryview(images.contiguous().cpu().numpy()).cast("B"))
     return h.hexdigest()[:24]
 
 
@@ -247,8 +291,14 @@ def features_of(
     batch_size: int = 512,
     cache_key: str | None = None,
     progress: bool = False,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    crop: int | None = None,
 ) -> tuple[torch.Tensor, Path | None]:
     """Backbone features (N, D) on ``device``; with ``cache_key``, read from or saved to the feature cache.
+
+    ``mean`` and ``std`` normalise the images (the run's; None: ImageNet's, for RGB);
+    ``crop`` centre-crops images cached larger than the training size to it.
 
     Returns the features and the cache file when one was used. The cache lives
     beside the image cache (``$SIMSIAM_CACHE/features``, see :mod:`simsiam.io`);
@@ -266,7 +316,8 @@ def features_of(
         if cached is not None:
             return cached, cache_path(name)
     model.to(device)
-    feats = extract_features(model, images, batch_size=batch_size, device=device, progress=progress)  # (N, D)
+    options = dict(batch_size=batch_size, device=device, progress=progress, mean=mean, std=std, crop=crop)
+    feats = extract_features(model, images, **options)  # (N, D)
     file = save_cached(name, feats.cpu(), "feature cache") if name is not None else None
     return feats, file
 
@@ -301,8 +352,14 @@ def evaluate_encoder(
     checkpoint: str | Path | None = None,
     cache: bool = False,
     progress: bool = False,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    crop: int | None = None,
 ) -> dict:
     """kNN top-1 and, with ``linear``, linear-probe top-1 of ``model``'s frozen backbone features.
+
+    ``mean`` and ``std`` normalise the images as in training (None: ImageNet's, for RGB);
+    ``crop`` centre-crops images cached larger than the training size to it.
 
     Features are extracted once per image set (and, with ``cache`` and a
     ``checkpoint`` file, kept in the feature cache); the backbone is checked to be
@@ -313,8 +370,8 @@ def evaluate_encoder(
     before = backbone_snapshot(model.backbone)
     started = time.perf_counter()
     key = (lambda s: feature_cache_key(checkpoint, s.images)) if cache and checkpoint is not None else (lambda s: None)
-    train_feats, train_cache = features_of(model, train.images, device, batch_size, key(train), progress)  # (N, D)
-    test_feats, test_cache = features_of(model, test.images, device, batch_size, key(test), progress)  # (M, D)
+    train_feats, train_cache = features_of(model, train.images, device, batch_size, key(train), progress, mean, std, crop)  # (N, D)
+    test_feats, test_cache = features_of(model, test.images, device, batch_size, key(test), progress, mean, std, crop)  # (M, D)
     result: dict = {
         "train": {"data": train.source, "images": len(train), "classes": num_classes, "feature_cache": _str(train_cache)},
         "test": {"data": test.source, "images": len(test), "classes": len(test.classes), "feature_cache": _str(test_cache)},

@@ -170,8 +170,14 @@ def nearest_neighbors(
     return sim.topk(k, dim=1)
 
 
+def shown(image: torch.Tensor) -> np.ndarray:
+    """A (C, H, W) uint8 image as matplotlib shows it: RGB as is, the first three bands of a stack as RGB, else grey (H, W, 3)."""
+    bands = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)
+    return bands.permute(1, 2, 0).cpu().numpy()
+
+
 def _show(ax, image: torch.Tensor) -> None:
-    ax.imshow(image.permute(1, 2, 0).cpu().numpy(), interpolation="lanczos" if image.shape[-1] < 96 else "antialiased")
+    ax.imshow(shown(image), interpolation="lanczos" if image.shape[-1] < 96 else "antialiased")
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -186,7 +192,7 @@ def _frame(ax, color: str, width: float) -> None:
 class NeighborGrid:
     """Queries and their nearest neighbours in a bank of images: what :func:`neighbor_grid` returns."""
 
-    images: torch.Tensor  # (Q, 3, S, S) uint8: the query images
+    images: torch.Tensor  # (Q, C, S, S) uint8: the query images
     names: list[str]  # a short printable name per query
     labels: list[int | None]  # each query's class in the bank's classes, None when unknown
     bank_index: torch.Tensor  # (Q,) each query's index in the bank, -1 for a file from outside it
@@ -204,11 +210,15 @@ def neighbor_grid(
     k: int = 8,
     seed: int = 0,
     device: torch.device | str | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    crop: int | None = None,
 ) -> NeighborGrid:
     """The k nearest neighbours in ``bank`` (features (N, D) from ``model``) of each query.
 
     Queries are the image files ``queries`` (decoded at the bank's image size and
-    embedded with ``model`` on ``device``, default the features' device), or
+    channels, normalised with ``mean`` and ``std`` as the bank was (None: ImageNet's,
+    for RGB), and embedded with ``model`` on ``device``, default the features' device), or
     ``num_queries`` random images of the bank (``seed``). A query that is one of
     the bank's own images is never its own neighbour, and has the bank's label.
     Raises DataError naming a query file that is missing or not an image.
@@ -217,10 +227,10 @@ def neighbor_grid(
         raise DataError(f"{show_path(bank.source)}: one image only; neighbours need at least two")
     device = torch.device(device) if device is not None else bank_features.device
     if queries:
-        images = torch.stack([_decode_query(q, bank.image_size) for q in queries])  # (Q, 3, S, S) uint8
+        images = torch.stack([_decode_query(q, bank.image_size, bank.channels) for q in queries])  # (Q, C, S, S) uint8
         from .evaluate import features_of
 
-        query_features, _ = features_of(model, images, device)  # (Q, D)
+        query_features, _ = features_of(model, images, device, mean=mean, std=std, crop=crop)  # (Q, D); crop: as the bank's
         where = {os.path.realpath(p): i for i, p in enumerate(bank.paths)}
         exclude = torch.tensor([where.get(os.path.realpath(q), -1) for q in queries])
         labels = [None if bank.labels is None or i < 0 else int(bank.labels[i]) for i in exclude.tolist()]
@@ -239,11 +249,11 @@ def neighbor_grid(
     return NeighborGrid(images, names, labels, exclude, sims, idx, agreement)
 
 
-def _decode_query(query: str | Path, size: int) -> torch.Tensor:
+def _decode_query(query: str | Path, size: int, channels: int = 3) -> torch.Tensor:
     if not os.path.lexists(query):
         raise DataError(f"query image {show_path(query)}: no such file")
     try:
-        return decode_image(query, size)
+        return decode_image(query, size, channels)
     except DataError as e:
         raise DataError(f"query image {e}") from None
 
@@ -409,7 +419,7 @@ def _draw_thumbnails(ax, images: ImageSet, chosen: list[int], centres: np.ndarra
     (w, h), pad = cell, 0.06  # pad: of a cell, on each side; thumbnails never touch
     for i, (cx, cy) in zip(chosen, centres):
         extent = (cx - w * (0.5 - pad), cx + w * (0.5 - pad), cy - h * (0.5 - pad), cy + h * (0.5 - pad))
-        ax.imshow(images.images[i].permute(1, 2, 0).cpu().numpy(), extent=extent, interpolation="antialiased", zorder=2)
+        ax.imshow(shown(images.images[i]), extent=extent, interpolation="antialiased", zorder=2)
         frame = Rectangle((extent[0], extent[2]), extent[1] - extent[0], extent[3] - extent[2], fill=False, zorder=3)
         if images.labels is not None:
             frame.set(edgecolor=colors[int(images.labels[i])], linewidth=2.0)

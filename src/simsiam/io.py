@@ -17,8 +17,9 @@ file and raises an ``OSError`` that names the target file and the cause.
 'whole or nothing'
 
 The disk cache (:func:`load_cached`, :func:`save_cached`) holds what is costly
-to compute again (decoded images, extracted features) as torch files under
-``$SIMSIAM_CACHE`` (default ``~/.cache/simsiam``). It is read weights-only, so a
+to compute again (extracted features) as torch files under ``$SIMSIAM_CACHE``
+(default ``~/.cache/simsiam``; decoded images have a format of their own there,
+see :mod:`simsiam.cache`). It is read weights-only, so a
 cache file cannot run code; a file that is damaged or holds the wrong structure
 is named in a :class:`CacheWarning` and rebuilt; a cache that cannot be written
 (read-only, full) only costs the next run the work again.
@@ -31,6 +32,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -156,7 +158,7 @@ def save_torch_atomic(obj: Any, path: str | Path) -> None:
 
 
 def remove_partial_files(folder: str | Path) -> list[Path]:
-    """Delete the temporary files that killed processes left in ``folder``; returns what was removed.
+    """Delete the temporary files (and partial cache folders) that killed processes left in ``folder``; returns what was removed.
 
     A partial file of a process that is still running (another pid, alive) is
     left alone: it may be in the middle of its write.
@@ -169,7 +171,10 @@ def remove_partial_files(folder: str | Path) -> list[Path]:
             if match is None or (match.group(1) is not None and _running_elsewhere(int(match.group(1)))):
                 continue
             with contextlib.suppress(OSError):
-                p.unlink()
+                if p.is_dir() and not p.is_symlink():  # a partial image-cache entry (simsiam.cache)
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
                 removed.append(p)
     return removed
 

@@ -29,12 +29,13 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from . import data as data_module
 from .batches import Batches, BatchSource, ShardedBatches
-from .callbacks import EpochReport, ExactResume, GracefulStop, OnlineKnn, ProgressBar, RankZeroRunFolder
+from .callbacks import EpochReport, ExactResume, GracefulStop, OnlineKnn, ProgressBar, RankZeroRunFolder, say
 from .checkpoint import config_of, read_checkpoint
 from .config import TrainConfig, load_yaml, resolve, resume_config, save_yaml
 from .data import ImageSet
+from .disk_images import DiskImages
 from .engine import SimSiamModule
-from .errors import CheckpointError, NonFiniteLossError, RunError, TrainingInterrupted
+from .errors import CheckpointError, ConfigError, NonFiniteLossError, RunError, TrainingInterrupted
 from .io import atomic_write, save_torch_atomic, write_json
 from .run_folder import RunFolder
 
@@ -137,10 +138,16 @@ def _load_images(cfg: TrainConfig, run: RunFolder, progress: bool) -> tuple[Trai
     on_gpu = _on_gpu(cfg)
     if on_gpu:
         torch.set_float32_matmul_precision("high")  # TF32 for whatever runs outside bf16 autocast
+    elif cfg.data_on == "gpu":
+        raise ConfigError("gpu asked for, but training runs on the CPU (no CUDA GPU, or --accelerator cpu)", key="data_on")
     options = dict(strict=cfg.strict, progress=progress, decode_device="cuda" if on_gpu else None, exclude=[run.path])
-    dataset = data_module.load(cfg.data, cfg.image_size, **options)
-    cfg = resolve(cfg, dataset.image_size, on_gpu)
-    val = data_module.load(cfg.val, cfg.image_size, **options) if cfg.val is not None else None
+    # Where the decoded images are kept (memory or the disk cache), for this many copies of them on this machine.
+    options.update(data_on=cfg.data_on, cache_format=cfg.cache_format, processes=_devices(cfg))
+    dataset = data_module.load(cfg.data, cfg.cache_size or cfg.image_size, channels=cfg.model.channels, **options)
+    # Not RGB: the views, the kNN and the exports are normalised with the data's own per-channel mean and std.
+    cfg = resolve(cfg, cfg.image_size or dataset.image_size, on_gpu, channels=dataset.channels, statistics=lambda: data_module.channel_stats(dataset.images))
+    cfg = dataclasses.replace(cfg, cache_size=dataset.image_size)  # the views are random crops of images this size
+    val = data_module.load(cfg.val, cfg.cache_size, channels=cfg.model.channels, **options) if cfg.val is not None else None
     return cfg, _knn_sets(cfg, dataset, val)
 
 
@@ -242,12 +249,19 @@ def _print_header(
     n_params = sum(p.numel() for p in module.model.parameters())
     m = cfg.model
     print(f"run folder: {run.path}")
-    print(f"data: {len(data)} images of {cfg.data or 'the bundled demo set'} at {cfg.image_size}x{cfg.image_size}{labels}")
+    channels = f", {data.channels} channel{'s' if data.channels > 1 else ''}" if data.channels != 3 else ""
+    print(f"data: {len(data)} images of {cfg.data or 'the bundled demo set'} at {cfg.image_size}x{cfg.image_size}{channels}{labels}")
     print(images.note)
     print(
         f"model: {m.backbone}{' (small-image stem)' if m.small_images else ''}, {m.proj_layers}-layer projector to {m.proj_dim}, "
         f"predictor hidden {m.pred_hidden_dim}, {n_params / 1e6:.1f}M parameters"
     )
+    print(f"backbone: {module.model.backbone_info.description}")
+    if cfg.mean is not None:
+        mean, std = (", ".join(f"{v:.3f}" for v in values) for values in cfg.normalization())
+        print(f"normalisation: per-channel mean [{mean}], std [{std}] (config.yaml: mean, std)")
+    for note in module.augment.notes:
+        print(f"views: {note}")
     print(
         f"training: {cfg.epochs} epochs, batch {cfg.batch_size} over {world} process(es) ({cfg.batch_size // world} each), "
         f"lr {cfg.lr:.4g}, {cfg.precision} on {'GPU' if on_gpu else 'CPU'}" + (", compiled" if cfg.compile else "")
@@ -296,7 +310,7 @@ def summary(rows: list[dict[str, Any]], knn_init: float | None, wall_seconds: fl
     """The final figures of a run (metrics.json) from its epoch rows."""
     knn = [r["knn_top1"] for r in rows if r.get("knn_top1") is not None]
     last = rows[-1] if rows else {}
-    return {
+    figures = {
         "epochs": len(rows),
         "final_loss": last.get("loss"),
         "final_z_std": last.get("z_std"),
@@ -307,22 +321,28 @@ def summary(rows: list[dict[str, Any]], knn_init: float | None, wall_seconds: fl
         "mean_images_per_s": sum(r["images_per_s"] for r in rows) / len(rows) if rows else None,
         "wall_seconds": wall_seconds,
     }
+    # Six significant digits: the float32 figures carry noise past that (0.3799999952316284).
+    return {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in figures.items()}
 
 
 # -- pieces ----------------------------------------------------------------------------------
 
 
 class _TrainingImages(L.LightningDataModule):
-    """The training images as Lightning asks for them: this process's shard, from its device."""
+    """The training images as Lightning asks for them: this process's shard, from the GPU, pinned memory or the disk cache."""
 
-    def __init__(self, images: torch.Tensor, cfg: TrainConfig):
+    def __init__(self, images: torch.Tensor | DiskImages, cfg: TrainConfig):
         super().__init__()
-        self.images, self.batch_size, self.seed = images, cfg.batch_size, cfg.seed
+        self.images, self.batch_size, self.seed, self.data_on = images, cfg.batch_size, cfg.seed, cfg.data_on
+        self.source: BatchSource | None = None
 
     def train_dataloader(self) -> Batches:
         t = self.trainer
-        source = BatchSource(self.images).to_device(t.strategy.root_device)
-        return Batches(source, ShardedBatches(len(source), self.batch_size // t.world_size, t.global_rank, t.world_size, self.seed))
+        device = t.strategy.root_device
+        self.source = BatchSource.place(self.images, device, self.data_on)
+        say(t, self.source.describe())
+        sampler = ShardedBatches(len(self.source), self.batch_size // t.world_size, t.global_rank, t.world_size, self.seed)
+        return Batches(self.source, sampler, device)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -1,0 +1,237 @@
+"""The decoded image cache on disk: written while decoding, published whole, checked when read.
+
+One entry per folder, image size, channel count and format, under
+``$SIMSIAM_CACHE/images`` (see :func:`simsiam.io.cache_dir`)::
+
+    <key>.raw/    images.u8      the (N, C, S, S) uint8 pixels, image after image
+                  meta.json      the completion record
+    <key>.jpeg/   shard-000.bin  each image re-encoded as a JPEG, back to back (1 GiB per shard)
+                  offsets.i64    where each image starts: N + 1 int64 over the shards laid end to end
+                  meta.json
+
+An entry is written into a hidden sibling folder (``.<name>.<pid>.partial``): the
+pixels a chunk at a time as they are decoded, then the record, each file
+fsync'ed, and only then is the folder renamed to its name (atomic on POSIX). A
+crash, a kill or a full disk at any moment leaves a whole entry or none; the
+partial folders of dead processes are removed by the next build.
+
+The record holds what a reader needs (shape, labels, classes, paths, skip
+reasons) and what lets it refuse a damaged entry before trusting a byte: the
+format version, the exact size of every data file, a SHA-256 of a sample of 16
+images, and on its first line a SHA-256 of the record itself. :func:`read_entry`
+checks the record, then the sizes of the files on disk against it (so a
+truncated file is never read past its end), then the sample. Writing is in
+:mod:`simsiam.cache_writer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import cache_dir, show_path
+
+__all__ = ["CACHE_FORMAT_VERSION", "FORMATS", "Entry", "DamagedCache", "read_entry", "entry_path", "images_dir", "probe_rows", "probe_digest"]
+
+CACHE_FORMAT_VERSION = 2
+FORMATS = ("raw", "jpeg")
+JPEG_QUALITY = 95
+SHARD_BYTES = 1 << 30
+PROBE_IMAGES = 16
+RECORD = "meta.json"
+RAW_FILE = "images.u8"
+OFFSETS = "offsets.i64"
+RECORD_MAGIC = "simsiam image cache"
+
+
+class DamagedCache(Exception):
+    """An entry that cannot be trusted: ``file`` is the file at fault, ``reason`` says why."""
+
+    def __init__(self, file: Path, reason: str):
+        self.file, self.reason = Path(file), reason
+        super().__init__(f"{show_path(file)}: {reason}")
+
+
+def images_dir() -> Path:
+    return cache_dir() / "images"
+
+
+def entry_path(key: str, fmt: str) -> Path:
+    """The folder of the entry for cache key ``key`` in format ``fmt`` (raw or jpeg)."""
+    return images_dir() / f"{key}.{fmt}"
+
+
+@dataclass
+class Entry:
+    """A published, checked cache entry: where it is and what its record says."""
+
+    path: Path
+    format: str
+    shape: tuple[int, int, int, int]  # (N, C, S, S)
+    labels: list[int] | None
+    classes: list[str]
+    paths: list[str]
+    skipped: list[str]
+    shards: list[dict[str, Any]]  # {"file", "first" (its first image), "bytes"}, in order
+    checksum: str  # the record's SHA-256: changes whenever the entry does
+    offsets: np.ndarray | None = None  # jpeg: (N + 1,) int64 over the shards end to end
+    files: _OpenFiles = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.files = _OpenFiles(self.path)
+        self.firsts = np.asarray([s["first"] for s in self.shards], dtype=np.int64)  # each shard's first image
+
+    @property
+    def row_bytes(self) -> int:
+        _, c, h, w = self.shape
+        return c * h * w
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(int(s["bytes"]) for s in self.shards)
+
+    def fd(self, name: str) -> int:
+        """A read-only descriptor of data file ``name``, opened once (pread on it is safe from any thread)."""
+        return self.files.get(name)
+
+    def image_bytes(self, row: int) -> tuple[str, int, int]:
+        """jpeg: (shard file, offset in it, length) of image ``row``."""
+        assert self.offsets is not None
+        s = int(np.searchsorted(self.firsts, row, side="right")) - 1
+        base = int(self.offsets[self.shards[s]["first"]])
+        return self.shards[s]["file"], int(self.offsets[row]) - base, int(self.offsets[row + 1] - self.offsets[row])
+
+
+class _OpenFiles:
+    """The read-only descriptors of an entry's data files: opened on first use, closed with the entry."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.fds, self.lock = folder, {}, threading.Lock()
+
+    def get(self, name: str) -> int:
+        with self.lock:
+            if name not in self.fds:
+                self.fds[name] = os.open(self.folder / name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+            return self.fds[name]
+
+    def close(self) -> None:
+        with self.lock:
+            for fd in self.fds.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self.fds.clear()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+# -- reading and checking ------------------------------------------------------------------------
+
+
+def read_entry(path: str | Path) -> Entry:
+    """The entry in folder ``path``, checked; :class:`DamagedCache` naming the file at fault when it cannot be trusted."""
+    path = Path(path)
+    record_file = path / RECORD
+    try:
+        text = record_file.read_bytes()
+    except OSError as e:
+        raise DamagedCache(record_file, f"no completion record ({e.strerror or e})") from None
+    head, _, body = text.partition(b"\n")
+    words = head.decode("ascii", "replace").rsplit(" ", 3)
+    if len(words) != 4 or words[0] != RECORD_MAGIC or words[2] != "sha256":
+        raise DamagedCache(record_file, "not a simsiam image-cache record")
+    if words[1] != str(CACHE_FORMAT_VERSION):
+        raise DamagedCache(record_file, f"written by another version of simsiam (format {words[1]}, this one reads {CACHE_FORMAT_VERSION})")
+    if hashlib.sha256(body).hexdigest() != words[3]:
+        raise DamagedCache(record_file, "its checksum does not match: the record is damaged or truncated")
+    try:
+        rec = json.loads(body)
+        entry = _entry_of(path, rec, words[3])
+    except (ValueError, KeyError, TypeError) as e:
+        raise DamagedCache(record_file, f"not the structure this version writes ({type(e).__name__}: {str(e)[:100]})") from None
+    _check_files(entry)
+    if entry.format == "jpeg":
+        entry.offsets = _read_offsets(entry, rec)
+    if probe_digest(entry, rec["probe"]["rows"]) != rec["probe"]["sha256"]:
+        raise DamagedCache(path / entry.shards[0]["file"], "its pixels do not match the checksum of the sample in its record")
+    return entry
+
+
+def _entry_of(path: Path, rec: dict[str, Any], checksum: str) -> Entry:
+    shape = tuple(int(x) for x in rec["shape"])
+    n = shape[0] if len(shape) == 4 else -1
+    labels, classes, paths, skipped = rec["labels"], rec["classes"], rec["paths"], rec["skipped"]
+    problems = [
+        (len(shape) != 4 or min(shape) < 0 or shape[2] != shape[3], f"shape {list(shape)}"),
+        (rec["format"] not in FORMATS or rec["dtype"] != "uint8", f"format {rec['format']!r}, dtype {rec['dtype']!r}"),
+        (not all(isinstance(x, list) and all(isinstance(s, str) for s in x) for x in (classes, paths, skipped)), "classes, paths or skips"),
+        (len(paths) != n, f"{len(paths)} paths for {n} images"),
+        (labels is not None and (len(labels) != n or not all(isinstance(y, int) and 0 <= y < len(classes) for y in labels)), "labels"),
+        (not rec["shards"] or rec["shards"][0]["first"] != 0, "shards"),
+    ]
+    for bad, what in problems:
+        if bad:
+            raise ValueError(what)
+    shards = [{"file": str(s["file"]), "first": int(s["first"]), "bytes": int(s["bytes"])} for s in rec["shards"]]
+    if any("/" in s["file"] or s["file"].startswith(".") for s in shards):
+        raise ValueError("shard names")
+    return Entry(path, rec["format"], shape, labels, classes, paths, skipped, shards, checksum)  # type: ignore[arg-type]
+
+
+def _check_files(entry: Entry) -> None:
+    """The data files hold exactly the bytes the record declares (checked before anything is read from them)."""
+    if entry.format == "raw" and entry.data_bytes != entry.shape[0] * entry.row_bytes:
+        raise DamagedCache(entry.path / RECORD, f"declares {entry.data_bytes:,} bytes for {entry.shape} images")
+    for shard in entry.shards:
+        file = entry.path / shard["file"]
+        try:
+            size = file.stat().st_size
+        except OSError as e:
+            raise DamagedCache(file, f"missing ({e.strerror or e})") from None
+        if size != shard["bytes"]:
+            what = "truncated" if size < shard["bytes"] else "longer than its record says"
+            raise DamagedCache(file, f"{what}: {size:,} bytes, the record says {shard['bytes']:,}")
+
+
+def _read_offsets(entry: Entry, rec: dict[str, Any]) -> np.ndarray:
+    file = entry.path / OFFSETS
+    n = entry.shape[0]
+    try:
+        raw = file.read_bytes() if file.stat().st_size == 8 * (n + 1) else None
+    except OSError as e:
+        raise DamagedCache(file, f"cannot be read ({e.strerror or e})") from None
+    if raw is None or hashlib.sha256(raw).hexdigest() != rec["offsets_sha256"]:
+        raise DamagedCache(file, "truncated or damaged: its size or checksum does not match the record")
+    offsets = np.frombuffer(raw, dtype="<i8").astype(np.int64)
+    if offsets[0] != 0 or offsets[-1] != entry.data_bytes or (n and np.any(np.diff(offsets) <= 0)):
+        raise DamagedCache(file, "its offsets do not fit the shards")
+    for shard in entry.shards:  # every shard starts at an image boundary
+        if not 0 <= shard["first"] <= n:
+            raise DamagedCache(file, "its shards do not fit the images")
+    return offsets
+
+
+def probe_rows(n: int) -> list[int]:
+    return sorted({int(x) for x in np.linspace(0, n - 1, min(n, PROBE_IMAGES))}) if n else []
+
+
+def probe_digest(entry: Entry, rows: list[int]) -> str:
+    """SHA-256 over the stored bytes of images ``rows``."""
+    h = hashlib.sha256()
+    for row in rows:
+        if not 0 <= row < entry.shape[0]:
+            raise DamagedCache(entry.path / RECORD, f"its sample names image {row} of {entry.shape[0]}")
+        if entry.format == "raw":
+            name, start, length = RAW_FILE, row * entry.row_bytes, entry.row_bytes
+        else:
+            name, start, length = entry.image_bytes(row)
+        h.update(os.pread(entry.fd(name), length, start))
+    return h.hexdigest()
