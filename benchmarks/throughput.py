@@ -53,7 +53,7 @@ def _table(rows: list[tuple[str, float]], reference: str) -> str:
 # The setting: CIFAR ResNet-18, 2-layer 2048-d projector, 512-d predictor hidden layer.
 CIFAR_RESNET18 = dict(backbone="resnet18", small_images=True, proj_dim=2048, proj_layers=2, pred_hidden_dim=512)
 # The demo recipe's network, which a CPU trains in minutes.
-DEMO_NET = dict(backbone="resnet10-slim", small_images=False, proj_dim=512, proj_layers=2, pred_hidden_dim=128)
+DEMO_NET = dict(backbone="resnet10-tiny", small_images=False, proj_dim=512, proj_layers=2, pred_hidden_dim=128)
 
 
 
@@ -333,7 +333,7 @@ def cpu(args) -> None:
     print(f"{os.cpu_count()} CPU cores, {args.threads} threads; bf16 matrix units (AMX): {cpu_has_bf16_units()}\n")
     settings = [
         ("CIFAR ResNet-18 (cifar10 recipe)", CIFAR_RESNET18, 64),
-        ("resnet10-slim (demo recipe)", DEMO_NET, 128),
+        ("resnet10-tiny (demo recipe)", DEMO_NET, 128),
     ]
     for name, arch, batch in settings:
         rows = []
@@ -367,7 +367,7 @@ def cpu(args) -> None:
             rows.append((f"lightly 1.6 recipe, {args.threads} DataLoader workers, float32", rate))
         except ImportError as e:
             print(f"lightly not installed ({e}); its row is skipped")
-        print(f"end to end, resnet10-slim (demo recipe network), batch 128, {args.data}")
+        print(f"end to end, resnet10-tiny (demo recipe network), batch 128, {args.data}")
         print(_table(rows, reference=rows[-1][0]))
 
 
