@@ -114,7 +114,10 @@ def main() -> None:
             knn20 = knn_accuracy(bank, train_labels, query, query_labels, k=20)
             knn200 = knn_accuracy(bank, train_labels, query, query_labels, k=200)
             results[pipeline].append((knn20, knn200))
-            print(f"seed {seed}, {pipeline:11s}: kNN top-1 {knn20:.3f} (k=20), {knn200:.3f} (k=200); {time.perf_counter() - start:.0f} s", flush=True)
+            print(
+                f"seed {seed}, {pipeline:11s}: kNN top-1 {knn20:.3f} (k=20), {knn200:.3f} (k=200); {time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
 
     print(f"\n{args.epochs} epochs of the demo recipe, batch {args.batch_size}, {len(args.seeds)} seeds; mean (min-max)")
     for pipeline, rows in results.items():

@@ -49,7 +49,9 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other options, e.g. optim.warmup_epochs=10")
     args = parser.parse_args()
 
-    values = dict(data=args.train, val=args.val, out=args.out, epochs=args.epochs, knn_every=args.knn_every, checkpoint_every=max(1, args.epochs // 4))
+    values = dict(
+        data=args.train, val=args.val, out=args.out, epochs=args.epochs, knn_every=args.knn_every, checkpoint_every=max(1, args.epochs // 4)
+    )
     if args.batch_size:
         values["batch_size"] = args.batch_size
     cfg = TrainConfig.from_dict(recipe(args.recipe))
@@ -79,7 +81,9 @@ def main() -> None:
     results = Path(args.results)
     with open(results, "a") as fh:
         if results.stat().st_size == 0:
-            fh.write("| date | device | setting | kNN top-1, final | kNN top-1, max | wall | images/s | command | revision |\n|---|---|---|---|---|---|---|---|---|\n")
+            fh.write(
+                "| date | device | setting | kNN top-1, final | kNN top-1, max | wall | images/s | command | revision |\n|---|---|---|---|---|---|---|---|---|\n"
+            )
         fh.write(line + "\n")
 
 

@@ -115,13 +115,22 @@ def check(cpu: bool, timeout: float) -> int:
     said = next((line for line in log.splitlines() if line.startswith("distributed:")), "(no 'distributed:' line)")
     probes = [r["probe"] for r in ranks]
     findings = [
-        ("both processes trained on the " + ("CPU" if cpu else "one GPU"), [r["device"] for r in ranks],
-         all(r["device"].startswith("cpu" if cpu else "cuda") for r in ranks)),
-        ("the log says BN is " + ("not synchronized" if cpu else "synchronized"), said,
-         ("batch norm per process" if cpu else "batch norm synchronized across processes") in said),
+        (
+            "both processes trained on the " + ("CPU" if cpu else "one GPU"),
+            [r["device"] for r in ranks],
+            all(r["device"].startswith("cpu" if cpu else "cuda") for r in ranks),
+        ),
+        (
+            "the log says BN is " + ("not synchronized" if cpu else "synchronized"),
+            said,
+            ("batch norm per process" if cpu else "batch norm synchronized across processes") in said,
+        ),
         ("BN layers are " + ("plain" if cpu else "SyncBatchNorm"), [r["bn_class"] for r in ranks], all(r["sync_bn"] != cpu for r in ranks)),
-        ("BN probe: -1 and +1 when synchronized, 0 and 0 when not", [round(p, 4) for p in probes],
-         max(map(abs, probes)) < 1e-3 if cpu else probes[0] < -0.9 and probes[1] > 0.9),
+        (
+            "BN probe: -1 and +1 when synchronized, 0 and 0 when not",
+            [round(p, 4) for p in probes],
+            max(map(abs, probes)) < 1e-3 if cpu else probes[0] < -0.9 and probes[1] > 0.9,
+        ),
         ("parameters agree on both ranks", max_diff(params), all(torch.equal(a[k], b[k]) for k in params)),
         ("BN running statistics agree on both ranks", max_diff(buffers), all(torch.equal(a[k], b[k]) for k in buffers)),
         ("finished within 60 s", f"{seconds:.1f} s", seconds < 60 or cpu),  # two shared CPU cores are slower

@@ -88,7 +88,9 @@ def lightly_loader_rate(folder: Path, size: int, batch: int, workers: int, limit
     from lightly.transforms import SimSiamTransform
 
     dataset = torch.utils.data.Subset(LightlyDataset(str(folder), transform=SimSiamTransform(input_size=size)), range(limit))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, persistent_workers=True)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, persistent_workers=True
+    )
     rates = []
     for _ in range(2):  # the first pass starts the workers
         start, n = time.perf_counter(), 0
@@ -124,14 +126,18 @@ def source(args) -> None:
           f"jpeg (quality 95) {jpeg.entry.data_bytes / n / 1e3:.1f} kB per image ({raw.entry.data_bytes / jpeg.entry.data_bytes:.1f}x smaller)\n")  # fmt: skip
     best = lambda f: max(f() for _ in range(args.repeats))  # noqa: E731
     rows = [("source, in memory", best(lambda: _epoch_rate(BatchSource.place(memory.images, "cpu"), args.batch_size)))]
-    rows.append(("source, disk cache raw (page cache warm)", best(lambda: _epoch_rate(BatchSource.place(raw, "cpu", "disk"), args.batch_size))))
+    rows.append(
+        ("source, disk cache raw (page cache warm)", best(lambda: _epoch_rate(BatchSource.place(raw, "cpu", "disk"), args.batch_size)))
+    )
 
     def cold() -> float:
         _evict(raw.entry)
         return _epoch_rate(BatchSource.place(raw, "cpu", "disk"), args.batch_size)
 
     rows.append(("source, disk cache raw (pages evicted first)", best(cold)))
-    rows.append(("source, disk cache jpeg (decoded in threads)", best(lambda: _epoch_rate(BatchSource.place(jpeg, "cpu", "disk"), args.batch_size))))
+    rows.append(
+        ("source, disk cache jpeg (decoded in threads)", best(lambda: _epoch_rate(BatchSource.place(jpeg, "cpu", "disk"), args.batch_size)))
+    )
     for label, row in rows:
         print(f"  {label}: {row:,.0f}", flush=True)
     augment = Augment(size=224, blur_p=0.5)

@@ -56,7 +56,6 @@ CIFAR_RESNET18 = dict(backbone="resnet18", small_images=True, proj_dim=2048, pro
 DEMO_NET = dict(backbone="resnet10-tiny", small_images=False, proj_dim=512, proj_layers=2, pred_hidden_dim=128)
 
 
-
 def ours_end_to_end(data: str, batch: int, epochs: int, compile_: bool, out: Path, model: dict = CIFAR_RESNET18, **options) -> dict:
     """The real `simsiam train` path (Lightning Trainer, GPU cache, augmentation, logging, checkpoints).
 
@@ -254,7 +253,10 @@ def gpu(args) -> None:
     # until a GPU run shows they pay).
     e2e = [
         ("simsiam end to end, --compile-augment", dict(compile_augment=True)),
-        ("simsiam end to end, --compile-augment --compile-mode reduce-overhead", dict(compile_augment=True, compile_mode="reduce-overhead")),
+        (
+            "simsiam end to end, --compile-augment --compile-mode reduce-overhead",
+            dict(compile_augment=True, compile_mode="reduce-overhead"),
+        ),
     ]
     for label, options in e2e if device.type == "cuda" and not args.no_compile and not args.no_candidates else []:
         t = time.perf_counter()
@@ -270,7 +272,9 @@ def gpu(args) -> None:
     for workers in args.lightly_workers:
         try:
             t = time.perf_counter()
-            rows.append((f"lightly 1.6 recipe, {workers} workers, fp32", lightly_recipe(args.data, args.batch_size, args.steps, workers, device)))
+            rows.append(
+                (f"lightly 1.6 recipe, {workers} workers, fp32", lightly_recipe(args.data, args.batch_size, args.steps, workers, device))
+            )
             print(f"  {rows[-1][0]}: {rows[-1][1]:,.0f} ({time.perf_counter() - t:.0f} s)", flush=True)
         except ImportError as e:
             print(f"  lightly not installed ({e}); its rows are skipped", flush=True)
@@ -337,7 +341,11 @@ def cpu(args) -> None:
     ]
     for name, arch, batch in settings:
         rows = []
-        for label, bf16, channels_last in [("float32", False, False), ("float32, channels_last", False, True), ("bf16 autocast, channels_last", True, True)]:
+        for label, bf16, channels_last in [
+            ("float32", False, False),
+            ("float32, channels_last", False, True),
+            ("bf16 autocast, channels_last", True, True),
+        ]:
             torch.manual_seed(0)
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             model = SimSiam(**arch).to(memory_format=fmt)

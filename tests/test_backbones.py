@@ -52,7 +52,10 @@ def test_a_torchvision_mobilenet_trains_and_reloads_into_its_constructor(tmp_pat
     assert info.description == (
         "mobilenet_v3_small at 32 px: no small-image stem for this family; its 32x downsampling leaves 1x1 features, 1024-d"
     )
-    assert info.loading_lines[1:] == ("net = torchvision.models.mobilenet_v3_small(weights=None)", "net.classifier[3] = torch.nn.Identity()")
+    assert info.loading_lines[1:] == (
+        "net = torchvision.models.mobilenet_v3_small(weights=None)",
+        "net.classifier[3] = torch.nn.Identity()",
+    )
     assert not model.config.small_images  # recorded as built: the stem is a ResNet notion
     train_a_few_steps(model, 32)
     assert_same_features(model, reload_as_documented(model, tmp_path), 32)
@@ -62,7 +65,10 @@ def test_a_torchvision_vit_is_built_for_the_training_size():
     # ViT-B is big for a CPU test: built and reloaded, not trained (timm's test_vit trains below).
     model = SimSiam("vit_b_32", image_size=64, proj_dim=16, pred_hidden_dim=4).eval()
     assert model.feature_dim == 768
-    assert model.backbone_info.loading_lines[1:] == ("net = torchvision.models.vit_b_32(weights=None, image_size=64)", "net.heads.head = torch.nn.Identity()")
+    assert model.backbone_info.loading_lines[1:] == (
+        "net = torchvision.models.vit_b_32(weights=None, image_size=64)",
+        "net.heads.head = torch.nn.Identity()",
+    )
     assert model.backbone_info.description == "vit_b_32 at 64 px: built for 64 px images, 2x2 patches of 32 px, 768-d"
     namespace: dict = {}
     exec("\n".join(model.backbone_info.loading_lines), namespace)
@@ -142,7 +148,9 @@ def test_your_own_module_gets_its_width_found_and_its_map_pooled():
     model = SimSiam(net, image_size=16, proj_dim=16, pred_hidden_dim=4)
     assert model.backbone is net and model.feature_dim == 24
     assert model.config.backbone == "module:TinyNet"
-    assert model.backbone_info.description == "module:TinyNet at 16 px, 3 channels: your module, (B, 24, 8, 8) averaged over positions, 24-d"
+    assert (
+        model.backbone_info.description == "module:TinyNet at 16 px, 3 channels: your module, (B, 24, 8, 8) averaged over positions, 24-d"
+    )
     assert (net.bn.running_mean == 0).all() and net.training  # the dummy forward changed nothing
     x = torch.rand(2, 3, 16, 16)
     assert torch.allclose(model.features(x), net(x).mean(dim=(2, 3)))

@@ -251,7 +251,9 @@ def test_a_full_disk_while_writing_the_cache_is_one_line_and_leaves_nothing_half
     data = photos(tmp_path / "data", 40, size=(64, 64))  # 40 x 12 kB raw: past the limit midway
     cache = tmp_path / "cache"
     env = {**os.environ, "SIMSIAM_CACHE": str(cache), "PYTHONPATH": SRC}
-    done = subprocess.run([sys.executable, "-c", FULL_DISK, str(data), str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=240)
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(data), str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=240
+    )
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert lines[0].startswith(f"simsiam train: error: cannot write the image cache {cache}/images/") and "(File too large)" in lines[0]

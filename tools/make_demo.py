@@ -20,5 +20,11 @@ for label, name in enumerate(classes):
         labels.append(label)
 offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
 out = Path(__file__).resolve().parents[1] / "src" / "simsiam" / "demo" / "cifar10_demo.npz"
-np.savez(out, jpeg=np.frombuffer(b"".join(blobs), dtype=np.uint8), offsets=offsets, labels=np.array(labels, dtype=np.int16), classes=np.array(classes))
+np.savez(
+    out,
+    jpeg=np.frombuffer(b"".join(blobs), dtype=np.uint8),
+    offsets=offsets,
+    labels=np.array(labels, dtype=np.int16),
+    classes=np.array(classes),
+)
 print(f"{out}: {len(blobs)} images, {out.stat().st_size / 1e6:.1f} MB")

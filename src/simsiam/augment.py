@@ -33,11 +33,20 @@ import torch.nn.functional as F
 
 from .errors import ConfigError
 from .options import at_least, in_range, increasing_pair, option, probability, validate
+from .pixel_ops import (
+    adjust_brightness,
+    adjust_contrast,
+    adjust_contrast_per_channel,
+    adjust_saturation,
+    gaussian_blur,
+    grayscale,
+    shift_hue,
+    where_samples,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ROTATIONS = ("none", "90", "free")
-_GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as torchvision's rgb_to_grayscale
 
 
 @dataclass
@@ -47,11 +56,15 @@ class AugmentConfig:
     Probabilities are per view; strengths follow torchvision's ColorJitter.
     """
 
-    min_scale: float = option(0.2, flag="--min-scale", check=in_range(0, 1, low_open=True), help="smallest crop area, as a fraction of the image")
+    min_scale: float = option(
+        0.2, flag="--min-scale", check=in_range(0, 1, low_open=True), help="smallest crop area, as a fraction of the image"
+    )
     max_scale: float = option(1.0, check=in_range(0, 1, low_open=True), help="largest crop area, as a fraction of the image")
     ratio: tuple[float, float] = option((3 / 4, 4 / 3), check=increasing_pair(), help="range of the crop's aspect ratio")
     hflip_p: float = option(0.5, check=probability, help="horizontal flip probability")
-    vflip_p: float = option(0.0, flag="--vflip", metavar="P", check=probability, help="vertical flip probability, for data with no canonical orientation")
+    vflip_p: float = option(
+        0.0, flag="--vflip", metavar="P", check=probability, help="vertical flip probability, for data with no canonical orientation"
+    )
     rotate: str = option("none", flag="--rotate", choices=ROTATIONS, help="random rotation, for data with no canonical orientation")
     jitter_p: float = option(0.8, check=probability, help="colour jitter probability")
     brightness: float = option(0.4, check=at_least(0), help="brightness jitter strength")
@@ -72,7 +85,6 @@ class AugmentConfig:
     def resolved(self, size: int) -> AugmentConfig:
         """blur_p filled: the paper blurs ImageNet views (p=0.5) and not CIFAR's, where sigma up to 2 px wipes out 32x32 content."""
         return dataclasses.replace(self, blur_p=(0.5 if size > 64 else 0.0) if self.blur_p is None else self.blur_p)
-
 
 
 def channel_note(channels: int) -> str | None:
@@ -263,20 +275,20 @@ class Augment:
         x = self._resample(images.float(), params)  # (B, C, size, size), still in the input's range
         # Brightness also brings integer values to [0, 1]: one pass over the batch, not two.
         scale = {torch.uint8: 1 / 255, torch.uint16: 1 / 65535}.get(images.dtype, 1.0)
-        x = _adjust_brightness(x, params.brightness * scale)
+        x = adjust_brightness(x, params.brightness * scale)
         if self.channels != 3:  # contrast about each channel's own mean; the rest is for RGB
-            x = _adjust_contrast_per_channel(x, params.contrast)
+            x = adjust_contrast_per_channel(x, params.contrast)
             if self.blur_p > 0:
-                x = _gaussian_blur(x, params.blur_sigma, self.blur_kernel)
+                x = gaussian_blur(x, params.blur_sigma, self.blur_kernel)
             return self._normalise(x)
-        x = _adjust_contrast(x, params.contrast)
-        x = _adjust_saturation(x, params.saturation)
+        x = adjust_contrast(x, params.contrast)
+        x = adjust_saturation(x, params.saturation)
         if self.hue > 0:
-            x = _where_samples(params.jitter, lambda i: _shift_hue(x[i], params.hue[i]), x)
+            x = where_samples(params.jitter, lambda i: shift_hue(x[i], params.hue[i]), x)
         if self.grayscale_p > 0:
-            x = _where_samples(params.gray, lambda i: _grayscale(x[i]).expand(-1, 3, -1, -1), x)
+            x = where_samples(params.gray, lambda i: grayscale(x[i]).expand(-1, 3, -1, -1), x)
         if self.blur_p > 0:
-            x = _gaussian_blur(x, params.blur_sigma, self.blur_kernel)
+            x = gaussian_blur(x, params.blur_sigma, self.blur_kernel)
         if self.solarize_p > 0:
             x = torch.where(params.solarize[:, None, None, None] & (x >= 0.5), 1.0 - x, x)
         return self._normalise(x)
@@ -324,34 +336,6 @@ class Augment:
         return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
 
 
-# The colour steps work in place on the resampled batch (a fresh tensor that
-# nothing else holds): on a CPU the memory traffic of temporaries is most of their cost.
-
-
-def _grayscale(x: torch.Tensor) -> torch.Tensor:
-    # Python-scalar weights: a weights tensor made here would be a host-to-device copy
-    # on every call when x is on a GPU.
-    r, g, b = x.unbind(1)
-    return (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b).unsqueeze(1)  # (B, 1, H, W)
-
-
-def _where_samples(mask: torch.Tensor, fn, x: torch.Tensor) -> torch.Tensor:
-    """x with ``fn`` applied to the samples where ``mask`` is set; fn takes a sample index.
-
-    On a CPU only the selected samples are computed (a hue shift costs as much as
-    the rest of the pipeline); on a GPU every sample is computed and selected with
-    torch.where, since picking the samples out (nonzero) would make the host wait
-    for the GPU. Under torch.compile it is torch.where too: one fused graph with no
-    shapes that depend on the data.
-    """
-    if x.device.type == "cuda" or torch.compiler.is_compiling():
-        return torch.where(mask[:, None, None, None], fn(slice(None)), x)
-    index = mask.nonzero().squeeze(1)
-    if len(index):
-        x[index] = fn(index)
-    return x
-
-
 def _per_channel(values, rgb_default: tuple[float, ...], key: str, channels: int) -> tuple[float, ...]:
     """``mean`` or ``std`` as one float per channel; ImageNet's by default for RGB, required otherwise."""
     if values is None:
@@ -364,70 +348,5 @@ def _per_channel(values, rgb_default: tuple[float, ...], key: str, channels: int
     return values
 
 
-def _adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return x.mul_(factor.view(len(factor), -1, 1, 1)).clamp_(0, 1)
-
-
-def _adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    # torchvision's definition: the mean of the grayscale image, taken here from the
-    # channel means (the grayscale is linear) rather than from a full grayscale image.
-    r, g, b = x.mean(dim=(2, 3)).unbind(1)  # (B,) each
-    mean = (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b)[:, None, None, None]  # (B, 1, 1, 1)
-    f = factor[:, None, None, None]
-    return x.mul_(f).add_((1 - f) * mean).clamp_(0, 1)
-
-
-def _adjust_contrast_per_channel(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Contrast for C-channel images: each channel blended with its own mean, with its own factor (B, C)."""
-    mean = x.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1), before x changes in place
-    f = factor[:, :, None, None]
-    return x.mul_(f).add_((1 - f) * mean).clamp_(0, 1)
-
-
-def _adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    f = factor[:, None, None, None]
-    return x.mul_(f).add_((1 - f) * _grayscale(x)).clamp_(0, 1)
-
-
-def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate hue by ``shift`` turns per sample, through HSV as torchvision does.
-
-    A hue rotation keeps each pixel's max v and chroma c; only the hue angle moves.
-    Matches torchvision's adjust_hue to float rounding (tests/test_augment.py).
-    """
-    r, g, b = x.unbind(1)  # (B, H, W) each
-    # Elementwise max and min of the three channel planes: about 5x faster on a CPU
-    # than a reduction over the (strided) channel dimension.
-    v = torch.maximum(torch.maximum(r, g), b)
-    c = v - torch.minimum(torch.minimum(r, g), b)  # chroma
-    sector = torch.where(v == r, g - b, torch.where(v == g, (b - r).add_(c, alpha=2), (r - g).add_(c, alpha=4)))
-    h6 = sector.div_(c.clamp_min(1e-8)).add_(6 * shift[:, None, None])  # hue in sixths of a turn
-    # HSV -> RGB without branches: channel n is v - c*clamp(2 - d, 0, 1), where d is the
-    # distance on the hue circle (length 6) from h6 + n to 2, with n = 5, 3, 1 for R, G, B.
-    # fmod wraps any shift of at most half a turn: h6 + n + 1 + 6 stays positive.
-    out = torch.empty_like(x)
-    ramp = torch.empty_like(h6)  # one scratch plane reused by the three channels
-    for channel, n in enumerate((5.0, 3.0, 1.0)):
-        torch.add(h6, n + 7, out=ramp).fmod_(6).sub_(3).abs_().neg_().add_(2).clamp_(0, 1).mul_(c)
-        torch.sub(v, ramp, out=out[:, channel])
-    return out
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Separable Gaussian blur with one sigma per sample; sigma 0 leaves the sample unchanged."""
-    B, C, H, W = x.shape
-    half = kernel_size // 2
-    offsets = torch.arange(-half, half + 1, device=x.device, dtype=x.dtype)  # (k,)
-    s = sigma.clamp_min(1e-3)[:, None]  # (B, 1)
-    kernel = torch.exp(-(offsets[None] ** 2) / (2 * s**2))  # (B, k)
-    kernel = kernel / kernel.sum(dim=1, keepdim=True)
-    kernel = kernel.repeat_interleave(C, dim=0)  # (B*C, k): one kernel per sample and channel
-    pad = min(half, H - 1, W - 1)
-    y = x.reshape(1, B * C, H, W)
-    if pad < half:  # reflection padding needs pad < side; tiny images get a cropped kernel
-        kernel = kernel[:, half - pad : half + pad + 1]
-        kernel = kernel / kernel.sum(dim=1, keepdim=True)
-    y = F.pad(y, (pad, pad, pad, pad), mode="reflect")
-    y = F.conv2d(y, kernel[:, None, None, :], groups=B * C)  # along width
-    y = F.conv2d(y, kernel[:, None, :, None], groups=B * C)  # along height
-    return y.reshape(B, C, H, W)
+# The names tests/test_augment.py imports these two by (they were defined here).
+_shift_hue, _where_samples = shift_hue, where_samples

@@ -36,16 +36,16 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torchvision
-from torch.func import functional_call
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from .adapt import first_conv_takes, module_expr, remove_classifier, resnet_stem
 from .errors import ConfigError
+from .probe import probe
 
 SLIM = "resnet10-slim"
 # Our CPU networks: torchvision's ResNet class with one BasicBlock per stage and
@@ -102,7 +102,9 @@ def _timm():
 def name_problem(name: str) -> str | None:
     """Why ``name`` is not a backbone we can build (one line, with close matches), or None."""
     if name.startswith(MODULE):
-        return f"{name!r} stands for a module passed to SimSiam(backbone=...); a config cannot rebuild it: build SimSiam(backbone=your_module)"
+        return (
+            f"{name!r} stands for a module passed to SimSiam(backbone=...); a config cannot rebuild it: build SimSiam(backbone=your_module)"
+        )
     if name.startswith(TIMM):
         timm = _timm()
         if timm is None:
@@ -153,7 +155,9 @@ def build(name: str, *, small_images: bool = False, channels: int = 3, image_siz
     return net, BackboneInfo(name, dim, channels, image_size, stem, text, tuple(lines))
 
 
-def build_backbone(name: str = "resnet18", small_images: bool = False, channels: int = 3, image_size: int | None = None) -> tuple[nn.Module, int]:
+def build_backbone(
+    name: str = "resnet18", small_images: bool = False, channels: int = 3, image_size: int | None = None
+) -> tuple[nn.Module, int]:
     """The backbone and its feature width, as :func:`build` makes them.
 
     >>> net, dim = build_backbone("resnet18", small_images=True)
@@ -179,7 +183,7 @@ def adopt(module: nn.Module, *, channels: int = 3, image_size: int | None = None
         return BackboneInfo(name, feature_dim, channels, image_size, False, text, (_OWN_MODULE_LINE,))
     size = image_size or 224
     try:
-        out, _ = _probe(module, channels, size)
+        out, _ = probe(module, channels, size)
     except Exception as e:
         raise ConfigError(
             f"your {type(module).__name__} fails on a (2, {channels}, {size}, {size}) batch ({_first_line(e)}); "
@@ -188,10 +192,16 @@ def adopt(module: nn.Module, *, channels: int = 3, image_size: int | None = None
         ) from None
     if not isinstance(out, torch.Tensor) or out.ndim not in (2, 4):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"your {type(module).__name__} returns {shape}; SimSiam needs (B, D) features or a (B, D, H, W) map", key="model.backbone")
+        raise ConfigError(
+            f"your {type(module).__name__} returns {shape}; SimSiam needs (B, D) features or a (B, D, H, W) map", key="model.backbone"
+        )
     dim = int(out.shape[1])
     shape = "(B, " + ", ".join(str(n) for n in out.shape[1:]) + ")"
-    text = f"{name} at {size} px, {channels} channels: your module, {shape}" + (" averaged over positions" if out.ndim == 4 else "") + f", {dim}-d"
+    text = (
+        f"{name} at {size} px, {channels} channels: your module, {shape}"
+        + (" averaged over positions" if out.ndim == 4 else "")
+        + f", {dim}-d"
+    )
     return BackboneInfo(name, dim, channels, image_size, False, text, (_OWN_MODULE_LINE,))
 
 
@@ -252,7 +262,10 @@ def _timm_net(model: str, channels: int, image_size: int | None) -> tuple[nn.Mod
                 raise
             net = timm.create_model(model, pretrained=False, **args)
     except Exception as e:
-        raise ConfigError(f"timm could not build {model!r} for {channels}-channel {image_size or 'default-size'} images: {_first_line(e)}", key="model.backbone") from None
+        raise ConfigError(
+            f"timm could not build {model!r} for {channels}-channel {image_size or 'default-size'} images: {_first_line(e)}",
+            key="model.backbone",
+        ) from None
     call = ", ".join(f"{k}={v!r}" for k, v in args.items())
     return net, ["import torch, timm", f"net = timm.create_model({model!r}, {call})"]
 
@@ -301,91 +314,13 @@ def zero_init_residual(net: nn.Module) -> int:
 
 def _adapt(net: nn.Module, name: str, stem: bool, channels: int, lines: list[str]) -> list[str]:
     """Remove the classifier, then fit the first convolution to the stem and the channels; returns the loading lines."""
-    classifier = _remove_classifier(net, name)
+    classifier = remove_classifier(net, name)
     resnet = name.startswith(RESNET_FAMILY) or name in SLIM_WIDTHS
-    conv_line = _resnet_stem(net, stem, channels) if resnet else _first_conv_takes(net, channels)
+    conv_line = resnet_stem(net, stem, channels) if resnet else first_conv_takes(net, channels)
     if name in SLIM_WIDTHS:  # not a torchvision constructor: the same ResNet class with narrower stages, rebuilt by us
         extra = f", channels={channels}" if channels != 3 else ""
         return ["import torch, simsiam", f"net, _ = simsiam.model.build_backbone({name!r}, small_images={stem}{extra})"]
-    return lines + [f"{_expr(classifier)} = torch.nn.Identity()"] + ([conv_line] if conv_line else [])
-
-
-def _remove_classifier(net: nn.Module, name: str) -> str:
-    """Replace the classifier (the last Linear or Conv2d, with 1000 outputs) by Identity; returns its dotted path.
-
-    Dropout beside it (before the classifier, in the same head) goes too: it has no
-    weights, is idle in eval mode, and is not part of SimSiam's encoder in training.
-    """
-    path, layer = next(((n, m) for n, m in reversed(list(net.named_modules())) if isinstance(m, (nn.Linear, nn.Conv2d))), ("", None))
-    if getattr(layer, "out_features", getattr(layer, "out_channels", None)) != 1000:
-        raise ConfigError(f"cannot find the classifier of {name} (a last layer with 1000 outputs)", key="model.backbone")
-    parent_path, _, leaf = path.rpartition(".")
-    parent = net.get_submodule(parent_path)
-    setattr(parent, leaf, nn.Identity())
-    for child_name, child in list(parent.named_children()):
-        if isinstance(child, nn.Dropout):
-            setattr(parent, child_name, nn.Identity())
-    return path
-
-
-def _resnet_stem(net: ResNet, stem: bool, channels: int) -> str | None:
-    """The small-image stem and/or a C-channel conv1 for a ResNet; returns the loading line, or None when unchanged."""
-    old = net.conv1
-    if not stem and channels == 3:
-        return None
-    if stem:  # appendix D: "the first conv layer is 3x3 with stride 1 and the first max-pooling layer is removed",
-        # so a 32x32 image is not shrunk to 8x8 before the first stage
-        net.conv1 = nn.Conv2d(channels, old.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
-        net.maxpool = nn.Identity()
-    else:
-        net.conv1 = nn.Conv2d(channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
-    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # as ResNet.__init__ does
-    if stem:
-        return f"net.conv1, net.maxpool = {_conv_expr(net.conv1)}, torch.nn.Identity()  # small-image stem: 3x3 stride-1 conv1, no max-pool"
-    return f"net.conv1 = {_conv_expr(net.conv1)}  # takes {channels} channel{'s' if channels > 1 else ''}"
-
-
-def _first_conv_takes(net: nn.Module, channels: int) -> str | None:
-    """Replace the first Conv2d by one taking C channels, under the same name; returns the loading line.
-
-    The new weights are drawn with the old ones' standard deviation scaled by
-    sqrt(3 / C), so the first layer's output keeps the scale the network was
-    initialised for whatever the number of channels.
-    """
-    if channels == 3:
-        return None
-    path, old = next((n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d))
-    new = nn.Conv2d(
-        channels, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation, old.groups, old.bias is not None, old.padding_mode
-    )
-    with torch.no_grad():  # tensor arithmetic, no float(): the meta device (shapes only) builds it too
-        new.weight.copy_(torch.randn_like(new.weight) * (old.weight.std() * math.sqrt(3 / channels)))
-        if old.bias is not None:
-            new.bias.copy_(old.bias)
-    parent_path, _, leaf = path.rpartition(".")
-    setattr(net.get_submodule(parent_path), leaf, new)
-    return f"{_expr(path)} = {_conv_expr(new)}  # takes {channels} channel{'s' if channels > 1 else ''}"
-
-
-def _expr(path: str) -> str:
-    """Python for a dotted module path: "classifier.3" -> "net.classifier[3]"."""
-    return "net" + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in path.split("."))
-
-
-def _conv_expr(conv: nn.Conv2d) -> str:
-    def short(v):
-        return v[0] if isinstance(v, tuple) and len(set(v)) == 1 else v
-
-    text = f"torch.nn.Conv2d({conv.in_channels}, {conv.out_channels}, {short(conv.kernel_size)}, {short(conv.stride)}, {short(conv.padding)!r}"
-    if short(conv.dilation) != 1:
-        text += f", dilation={short(conv.dilation)}"
-    if conv.groups != 1:
-        text += f", groups={conv.groups}"
-    if conv.bias is None:
-        text += ", bias=False"
-    if conv.padding_mode != "zeros":
-        text += f", padding_mode={conv.padding_mode!r}"
-    return text + ")"
+    return lines + [f"{module_expr(classifier)} = torch.nn.Identity()"] + ([conv_line] if conv_line else [])
 
 
 # -- the dummy forward --------------------------------------------------------------------
@@ -393,71 +328,10 @@ def _conv_expr(conv: nn.Conv2d) -> str:
 
 def _probe_or_refuse(net: nn.Module, name: str, channels: int, size: int, image_size: int | None):
     try:
-        return _probe(net, channels, size)
+        return probe(net, channels, size)
     except Exception as e:
         key = "image_size" if image_size else "model.backbone"
         raise ConfigError(f"{name} cannot take {size} px images with {channels} channels: {_first_line(e)}", key=key) from None
-
-
-def _probe(net: nn.Module, channels: int, size: int):
-    """The output of a (2, C, S, S) batch and the side of the last feature map before global pooling.
-
-    On the meta device first (shapes only: free for any size of network); where a
-    module does something the meta device cannot, a real forward in eval mode.
-    The network's modes and statistics are left as they were.
-    """
-    modes = {m: m.training for m in net.modules()}
-    sides = _Sides(net)
-    net.eval()
-    try:
-        with torch.no_grad():
-            try:
-                state = {k: torch.empty_like(v, device="meta") for k, v in (*net.named_parameters(), *net.named_buffers())}
-                out = functional_call(net, state, (torch.empty(2, channels, size, size, device="meta"),))
-            except Exception:
-                sides.reset()
-                device = next(net.parameters(), torch.empty(0)).device
-                out = net(torch.zeros(2, channels, size, size, device=device))
-    finally:
-        sides.remove()
-        for m, training in modes.items():
-            m.training = training
-    return out, sides.side
-
-
-class _Sides:
-    """Forward hooks that find the side of the last feature map before global pooling (None when there is none)."""
-
-    def __init__(self, net: nn.Module):
-        self.handles = [m.register_forward_hook(self._hook) for m in net.modules()]
-        self.reset()
-
-    def reset(self):
-        self.last = self.pooled = None
-
-    def _hook(self, module, inputs, output):
-        if not isinstance(output, torch.Tensor):
-            return
-        x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
-        if "Pool" in type(module).__name__ and x is not None and x.ndim == 4 and (output.ndim < 4 or _side(output) == 1):
-            self.pooled = _side(x)  # the input of the latest global pool: squeeze-excitation pools come earlier
-        elif output.ndim == 4 and _side(output) is not None:
-            self.last = _side(output)
-
-    @property
-    def side(self) -> int | None:
-        return self.pooled if self.pooled is not None else self.last
-
-    def remove(self):
-        for h in self.handles:
-            h.remove()
-
-
-def _side(t: torch.Tensor) -> int | None:
-    """The spatial side of a map of a square image, laid out (B, C, H, W) or (B, H, W, C)."""
-    if t.shape[2] == t.shape[3]:
-        return int(t.shape[2])
-    return int(t.shape[1]) if t.shape[1] == t.shape[2] else None
 
 
 def _first_line(e: Exception) -> str:

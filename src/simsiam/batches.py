@@ -121,7 +121,9 @@ class BatchSource:
             return cls(images.view(), images.note)  # counters of its own: what this source read
         if images.device.type == "cuda":
             return cls(images, "already there")
-        why = {"memory": "--data-on memory", "disk": "CIFAR-10 batches and the demo set are always held in memory"}.get(data_on, "it fits in memory")
+        why = {"memory": "--data-on memory", "disk": "CIFAR-10 batches and the demo set are always held in memory"}.get(
+            data_on, "it fits in memory"
+        )
         if device.type == "cuda" and not images.is_pinned():
             images = images.pin_memory()
         return cls(images, why)

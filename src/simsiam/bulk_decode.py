@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .decode import MAX_PIXELS, _quiet_bomb_warning, _short, decode_image, open_regular
 from .disk_images import batch_buffer
 from .errors import DataError
+from .guards import MAX_PIXELS, error_text, open_regular, quiet_bomb_warning
+from .image_file import decode_image
 
 __all__ = ["Chunk", "decode_chunks", "decode_all", "fit_on_device", "CHUNK_BYTES"]
 
@@ -74,7 +75,7 @@ def decode_chunks(
     bar = tqdm(total=len(files), desc="decoding images" + (" (GPU)" if on_device else ""), disable=not progress, unit="img")
     pool = ThreadPoolExecutor(max_workers=decoder_threads())
     try:
-        with _quiet_bomb_warning():
+        with quiet_bomb_warning():
             if on_device:
                 chunk = chunk or GPU_CHUNK
                 for start in range(0, len(files), chunk):
@@ -176,7 +177,9 @@ def _jpeg_bytes(path: Path) -> torch.Tensor | None:
         return None
 
 
-def _device_chunk(pool: ThreadPoolExecutor, files: list[Path], start: int, stop: int, size: int, device: torch.device, strict: bool) -> Chunk:
+def _device_chunk(
+    pool: ThreadPoolExecutor, files: list[Path], start: int, stop: int, size: int, device: torch.device, strict: bool
+) -> Chunk:
     """A chunk with its JPEGs decoded by decode_jpeg on ``device`` (nvJPEG on a GPU), the rest by Pillow.
 
     For folders of large JPEGs CPU decoding is the bottleneck of building the
@@ -193,7 +196,7 @@ def _device_chunk(pool: ThreadPoolExecutor, files: list[Path], start: int, stop:
         try:
             images = decode_jpeg([blob for _, blob in ready], mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
         except Exception as e:  # nvJPEG refuses the whole batch for one bad file
-            warnings.warn(f"GPU decoding refused a batch ({type(e).__name__}: {_short(e)}); decoding it with Pillow", stacklevel=4)
+            warnings.warn(f"GPU decoding refused a batch ({type(e).__name__}: {error_text(e)}); decoding it with Pillow", stacklevel=4)
             images = []
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for j, image in enumerate(images):

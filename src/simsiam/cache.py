@@ -39,7 +39,17 @@ import numpy as np
 
 from .io import cache_dir, show_path
 
-__all__ = ["CACHE_FORMAT_VERSION", "FORMATS", "Entry", "DamagedCache", "read_entry", "entry_path", "images_dir", "probe_rows", "probe_digest"]
+__all__ = [
+    "CACHE_FORMAT_VERSION",
+    "FORMATS",
+    "Entry",
+    "DamagedCache",
+    "read_entry",
+    "entry_path",
+    "images_dir",
+    "probe_rows",
+    "probe_digest",
+]
 
 CACHE_FORMAT_VERSION = 2
 FORMATS = ("raw", "jpeg")

@@ -1,4 +1,7 @@
-"""The ``simsiam`` command."""
+"""The ``simsiam`` command: the parser, ``simsiam train``, and one line for every error.
+
+The commands that read a checkpoint (evaluate, embed, neighbors, map, export) are in :mod:`simsiam.commands`.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,14 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from .commands import EMBED_EXTENSIONS, EVAL_EXTENSIONS, FIGURE_EXTENSIONS, MINIMUMS, POSITIVE, add_commands
 from .errors import ConfigError, SimSiamError, TrainingInterrupted
+
+__all__ = ["main", "build_parser", "train_config"]
+# The commands that read a checkpoint live in simsiam.commands; their constants are re-exported here.
+__all__ += ["EVAL_EXTENSIONS", "EMBED_EXTENSIONS", "FIGURE_EXTENSIONS", "MINIMUMS", "POSITIVE"]
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -40,8 +47,10 @@ def train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[st
     """
     import torch
 
-    from .config import TrainConfig, check, default_recipe, layered, load_yaml
+    from .config import TrainConfig, check, layered
+    from .config_file import load_yaml
     from .options import flatten, given_flags
+    from .recipes import default_recipe
 
     flags = given_flags(args, TrainConfig)
     if args.data is not None:
@@ -93,296 +102,6 @@ def _print_result(result: dict[str, Any]) -> None:
     print(f"loss {result['final_loss']:.4f}, z_std {result['final_z_std']:.4f}, {result['mean_images_per_s']:.0f} images/s on average")
 
 
-# -- evaluate, embed, neighbors, map, export: commands that read a checkpoint -----------------
-#
-# Each loads the trained SimSiam through checkpoint.load_checkpoint, decodes DATA
-# at the training resolution, and takes features from SimSiam.features (through
-# evaluate.features_of, which extracts them once and can cache them).
-
-EVAL_EXTENSIONS = (".json",)
-EMBED_EXTENSIONS = (".parquet", ".npz")
-FIGURE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
-
-
-def _add_checkpoint_arguments(p: argparse.ArgumentParser, data: bool = True, features: bool = True) -> None:
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder of `simsiam train` (its checkpoints/last.ckpt) or a .ckpt file")
-    if data:
-        p.add_argument("data", nargs="?", metavar="DATA", help="image folder, or CIFAR-10 python batches (default: the bundled demo set)")
-    if features:
-        p.add_argument("--batch-size", type=int, default=512, metavar="N", help="images per forward pass when extracting features (default: 512)")
-        p.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], default="auto", help="where features are extracted (default: the GPU when there is one)")
-        p.add_argument(
-            "--cache-features", action="store_true", help="keep the extracted features under $SIMSIAM_CACHE/features (default ~/.cache/simsiam) and reuse them"
-        )
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="kNN and linear-probe accuracy of a trained encoder",
-        description="kNN top-1 (l2-normalised features, cosine, similarity-weighted votes) and, with --linear, the top-1 "
-        "of a linear probe on the frozen backbone. Both DATA sets need one subfolder per class.",
-    )
-    _add_checkpoint_arguments(p, data=False)
-    p.add_argument("--train", required=True, metavar="DATA", help="labeled images the classifiers learn from")
-    p.add_argument("--test", required=True, metavar="DATA", help="labeled images they are scored on")
-    p.add_argument("--knn-k", type=int, default=200, metavar="K", help="neighbours that vote (default: 200)")
-    p.add_argument("--knn-temperature", type=float, default=0.1, metavar="T", help="vote weight exp(similarity / T) (default: 0.1)")
-    p.add_argument("--linear", action="store_true", help="also train and score a linear probe on the frozen features")
-    p.add_argument("--linear-epochs", type=int, default=100, metavar="N", help="epochs of the linear probe (default: 100)")
-    p.add_argument("--linear-lr", type=float, default=0.1, metavar="LR", help="initial lr of the probe's SGD, decayed by a cosine (default: 0.1)")
-    p.add_argument("--out", metavar="FILE.json", help="where the figures go (default: evaluation.json in the run folder)")
-    p.set_defaults(handler=_evaluate)
-
-
-def _add_embed(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "embed",
-        help="write every image's embedding to a Parquet or .npz file",
-        description="One row per image of DATA: its path, its label and class when DATA has class subfolders, and its "
-        "backbone embedding (the features kNN and the linear probe use; not l2-normalised).",
-    )
-    _add_checkpoint_arguments(p)
-    p.add_argument("--out", metavar="FILE", help=".parquet or .npz (default: embeddings.parquet in the run folder)")
-    p.set_defaults(handler=_embed)
-
-
-def _add_neighbors(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "neighbors",
-        help="a grid of query images and their nearest neighbours in DATA",
-        description="For each query, the image and its nearest neighbours in DATA by cosine similarity of l2-normalised "
-        "backbone features. Queries are --query files, or random images of DATA.",
-    )
-    _add_checkpoint_arguments(p)
-    p.add_argument("--query", nargs="+", metavar="IMAGE", help="query image files (default: --num-queries random images of DATA)")
-    p.add_argument("--num-queries", type=int, default=6, metavar="N", help="random queries drawn from DATA when no --query is given (default: 6)")
-    p.add_argument("--k", type=int, default=8, metavar="K", help="neighbours shown per query (default: 8)")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the random queries (default: 0)")
-    p.add_argument("--out", metavar="FILE.png", help="the figure (default: neighbors.png in the run folder)")
-    p.set_defaults(handler=_neighbors)
-
-
-def _add_map(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "map",
-        help="a 2-D map of the embeddings with image thumbnails",
-        description="Projects the l2-normalised embeddings of DATA to 2-D (UMAP when umap-learn is installed, else PCA) "
-        "and draws every image as a point coloured by class, beside a lattice of non-overlapping thumbnails.",
-    )
-    _add_checkpoint_arguments(p)
-    p.add_argument("--method", choices=["auto", "umap", "pca"], default="auto", help="projection (default: umap if installed, else pca)")
-    p.add_argument("--grid", type=int, default=22, metavar="N", help="thumbnail lattice is N x N cells, one thumbnail per cell at most (default: 22)")
-    p.add_argument("--max-images", type=int, default=5000, metavar="N", help="a random subset of this many images is mapped (default: 5000)")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the subset and of UMAP (default: 0)")
-    p.add_argument("--out", metavar="FILE.png", help="the figure (default: map.png in the run folder)")
-    p.set_defaults(handler=_map)
-
-
-def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export",
-        help="the backbone as torchvision weights or ONNX",
-        description="torchvision: a state_dict that loads strictly into the backbone's own constructor (torchvision's with its "
-        "classifier replaced by Identity, or timm.create_model for timm: backbones); the loading lines are printed and go into a JSON "
-        "description beside it. onnx: the feature graph, input 'images' (batch, C, S, S) normalised, output 'features' (batch, D), "
-        "dynamic batch.",
-    )
-    _add_checkpoint_arguments(p, data=False, features=False)
-    p.add_argument("--format", required=True, choices=["torchvision", "onnx"], help="torchvision state_dict or ONNX graph")
-    p.add_argument("--out", metavar="FILE", help="default: <backbone>.pt or <backbone>.onnx in the run folder")
-    p.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset (default: 17)")
-    p.set_defaults(handler=_export)
-
-
-# The smallest value each numeric option of these commands takes: {dest: (flag, minimum)}.
-MINIMUMS = {
-    "batch_size": ("--batch-size", 1), "knn_k": ("--knn-k", 1), "linear_epochs": ("--linear-epochs", 1), "k": ("--k", 1),
-    "num_queries": ("--num-queries", 1), "grid": ("--grid", 2), "max_images": ("--max-images", 2), "opset": ("--opset", 7),
-}  # fmt: skip
-POSITIVE = {"knn_temperature": "--knn-temperature", "linear_lr": "--linear-lr"}
-
-
-def _check_numbers(args: argparse.Namespace) -> None:
-    import math
-
-    for dest, (flag, minimum) in MINIMUMS.items():
-        if getattr(args, dest, minimum) < minimum:
-            raise ConfigError(f"{flag}: must be at least {minimum}, got {getattr(args, dest)}")
-    for dest, flag in POSITIVE.items():
-        value = getattr(args, dest, 1.0)
-        if not (value > 0 and math.isfinite(value)):
-            raise ConfigError(f"{flag}: must be a positive number, got {value}")
-
-
-def _output(args: argparse.Namespace, file: Path, default_name: str, suffixes: tuple[str, ...]) -> Path:
-    """--out, or ``default_name`` in the run folder; the suffix checked before any work is done."""
-    from .run_folder import RunFolder
-
-    out = Path(args.out) if args.out else RunFolder.of_checkpoint(file).path / default_name
-    if out.suffix.lower() not in suffixes:
-        raise ConfigError(f"--out: {out} must end in {' or '.join(suffixes)}")
-    if out.is_dir():
-        raise ConfigError(f"--out: {out} is a folder; give a file name")
-    return out
-
-
-def _device(accelerator: str) -> Any:
-    import torch
-
-    if accelerator == "gpu" and not torch.cuda.is_available():
-        raise ConfigError("--accelerator: gpu asked for, but no CUDA GPU is available")
-    return torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
-
-
-def _open(args: argparse.Namespace, default_name: str | Callable[[Any], str], suffixes: tuple[str, ...]) -> tuple[Any, Any, Path, Path]:
-    """What every command that reads a checkpoint starts with: checked options, the model, its config, its file, the output path."""
-    from .checkpoint import load_checkpoint, resolve_checkpoint
-
-    _check_numbers(args)
-    _device(getattr(args, "accelerator", "cpu"))  # --accelerator gpu without a GPU fails before any work
-    file = resolve_checkpoint(args.checkpoint)
-    model, cfg = load_checkpoint(file)
-    name = default_name(cfg) if callable(default_name) else default_name
-    return model, cfg, file, _output(args, file, name, suffixes)
-
-
-def _images(args: argparse.Namespace, cfg: Any, data: str | None) -> Any:
-    """DATA decoded at the training resolution; the demo set, said out loud, when DATA was left out."""
-    from . import data as data_module
-
-    if data is None:
-        print("no DATA given: using the bundled demo set (5,000 CIFAR-10 images); pass DATA for your own images")
-    # At the size training cached them (256 px for 224 px training, say; centre-cropped to the training size for features).
-    size = getattr(cfg, "cache_size", None) or cfg.image_size
-    return data_module.load(data, size, progress=not args.quiet, channels=cfg.model.channels or 3, cache_format=cfg.cache_format)
-
-
-def _features(args: argparse.Namespace, model: Any, cfg: Any, file: Path, images: Any) -> Any:
-    from .evaluate import feature_cache_key, features_of
-
-    key = feature_cache_key(file, images.images) if args.cache_features else None
-    mean, std = cfg.normalization()  # as in training
-    feats, cache = features_of(model, images.images, _device(args.accelerator), args.batch_size, key, not args.quiet, mean, std, cfg.image_size)
-    if cache is not None and not args.quiet:
-        print(f"features of {images.source}: {cache}")
-    return feats
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_encoder
-    from .io import write_json
-
-    model, cfg, file, out = _open(args, "evaluation.json", EVAL_EXTENSIONS)
-    train, test = _images(args, cfg, args.train), _images(args, cfg, args.test)
-    result = evaluate_encoder(
-        model, train, test, knn_k=args.knn_k, knn_temperature=args.knn_temperature, linear=args.linear,
-        linear_epochs=args.linear_epochs, linear_lr=args.linear_lr, device=_device(args.accelerator),
-        batch_size=args.batch_size, checkpoint=file, cache=args.cache_features, progress=not args.quiet,
-        mean=cfg.normalization()[0], std=cfg.normalization()[1], crop=cfg.image_size,
-    )  # fmt: skip
-    result = {"checkpoint": str(file), "backbone": cfg.model.backbone, "image_size": cfg.image_size, **result}
-    print(f"{file}: {cfg.model.backbone}, {result['feature_dim']}-d features at {cfg.image_size}x{cfg.image_size}")
-    print(f"  train  {len(train):>7} images, {len(train.classes)} classes   {train.source}")
-    print(f"  test   {len(test):>7} images, {len(test.classes)} classes   {test.source}")
-    print("  ---------------------------------")
-    print(f"  kNN top-1      {result['knn']['top1']:.4f}   k={args.knn_k}, T={args.knn_temperature:g}")
-    if args.linear:
-        lin = result["linear"]
-        print(f"  linear top-1   {lin['top1']:.4f}   {args.linear_epochs} epochs, lr {args.linear_lr:g}, train top-1 {lin['train_top1']:.4f}")
-        print("  backbone weights and BN statistics unchanged: checked")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, result)
-    print(f"wrote {out}")
-    return 0
-
-
-def _embed(args: argparse.Namespace) -> int:
-    from .explore import write_embeddings
-
-    model, cfg, file, out = _open(args, "embeddings.parquet", EMBED_EXTENSIONS)
-    images = _images(args, cfg, args.data)
-    feats = _features(args, model, cfg, file, images)  # (N, D)
-    meta = {"checkpoint": str(file), "backbone": cfg.model.backbone, "image_size": cfg.image_size, "data": images.source}
-    write_embeddings(out, feats, images, meta)
-    print(f"wrote {out}: {len(images)} embeddings of {feats.shape[1]} dimensions" + (", with labels" if images.labels is not None else ""))
-    return 0
-
-
-def _neighbors(args: argparse.Namespace) -> int:
-    from .explore import neighbor_grid, plot_neighbors
-
-    model, cfg, file, out = _open(args, "neighbors.png", FIGURE_EXTENSIONS)
-    bank = _images(args, cfg, args.data)
-    feats = _features(args, model, cfg, file, bank)  # (N, D)
-    mean, std = cfg.normalization()
-    grid = neighbor_grid(model, bank, feats, queries=args.query, num_queries=args.num_queries, k=args.k, seed=args.seed, mean=mean, std=std,
-                         crop=cfg.image_size)  # fmt: skip
-    title = f"Nearest neighbours in {_name(bank.source)} by cosine similarity of backbone features ({cfg.model.backbone}, {file.name})"
-    plot_neighbors(grid, bank, out, title)
-    agree = "" if grid.agreement is None else f"; {grid.agreement:.0%} of the neighbours share their query's class"
-    print(f"wrote {out}: {len(grid.names)} queries x {grid.idx.shape[1]} neighbours{agree}")
-    return 0
-
-
-def _map(args: argparse.Namespace) -> int:
-    import torch
-
-    from .explore import map_method, plot_map, project_2d
-
-    method = map_method(args.method)
-    model, cfg, file, out = _open(args, "map.png", FIGURE_EXTENSIONS)  # a bad checkpoint is the one line printed, before any note
-    if method == "PCA" and args.method == "auto":
-        print("umap-learn is not installed: the map uses PCA (pip install 'simsiam[umap]' for UMAP)")
-    images = _images(args, cfg, args.data)
-    if len(images) > args.max_images:
-        total, g = len(images), torch.Generator().manual_seed(args.seed)
-        images = images.subset(torch.randperm(total, generator=g)[: args.max_images].sort().values)
-        print(f"mapping a random {args.max_images} of the {total} images (--max-images)")
-    feats = _features(args, model, cfg, file, images)  # (N, D)
-    if not args.quiet:
-        print(f"projecting {len(images)} embeddings to 2-D with {method}" + (" (a minute or more on a CPU)" if method == "UMAP" and len(images) > 2000 else ""))
-    coords, method = project_2d(feats, method.lower(), seed=args.seed)  # (N, 2)
-    title = f"{method} map of the backbone embeddings of {_name(images.source)} ({cfg.model.backbone}, {file.name})"
-    shown = plot_map(coords, images, method, out, grid=args.grid, title=title)
-    print(f"wrote {out}: {method} projection of {len(images)} embeddings, {shown} thumbnails")
-    return 0
-
-
-def _export(args: argparse.Namespace) -> int:
-    from .export import check_onnx, describe_input, export_onnx, export_torchvision, loading_code
-
-    suffixes = (".onnx",) if args.format == "onnx" else (".pt", ".pth")
-    if args.format == "onnx":
-        from .export import require_onnx
-
-        require_onnx()  # before any work: the extra to install is the one line printed
-    # "timm:convnext_atto" -> timm_convnext_atto.pt: a colon is no file name character everywhere
-    model, cfg, file, out = _open(args, lambda cfg: f"{cfg.model.backbone.replace(':', '_')}{suffixes[0]}", suffixes)
-    size, dim, channels = cfg.image_size, model.feature_dim, cfg.model.channels or 3
-    if args.format == "torchvision":
-        meta = export_torchvision(model, cfg, out, source=str(file))
-        print(f"wrote {out}: {cfg.model.backbone} backbone weights, {dim}-d features, trained at {size}x{size} (description: {meta})")
-        print("load them with:\n    " + "\n    ".join(loading_code(model, out)))
-    else:
-        import torch
-
-        export_onnx(model, cfg, out, opset=args.opset, source=str(file))
-        print(f"wrote {out}: input 'images' (batch, {channels}, {size}, {size}) float32, output 'features' (batch, {dim}); batch size is dynamic")
-        try:
-            diff = check_onnx(model, out, torch.randn(3, channels, size, size))
-            print(f"checked with onnxruntime: largest difference from PyTorch {diff:.2e}")
-        except ImportError:
-            pass
-    print(f"inputs: {describe_input(cfg)}")
-    return 0
-
-
-def _name(source: str) -> str:
-    return "the demo set" if source == "demo" else (Path(source).name or source)
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, with a bad command line answered in one line (no usage block), exit status 2."""
 
@@ -401,8 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="simsiam", description="SimSiam self-supervised pretraining, evaluation and export.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
-    for add in (_add_evaluate, _add_embed, _add_neighbors, _add_map, _add_export):
-        add(sub)
+    add_commands(sub)
     return parser
 
 

@@ -19,7 +19,7 @@ fit, or left on disk and read by index (:mod:`simsiam.folder_cache`).
 
 Reading DATA never runs code and never reads our own outputs: CIFAR batches are
 unpickled with a restricted unpickler that admits only the types the format
-uses (:func:`simsiam.decode.read_cifar_pickle`), and a simsiam run folder inside
+uses (:func:`simsiam.cifar.read_cifar_pickle`), and a simsiam run folder inside
 DATA (``cd photos && simsiam train .``) is left out, with a warning naming it.
 """
 
@@ -43,20 +43,14 @@ from .disk_images import DiskImages
 from .errors import ConfigError, DataError
 from .folder_cache import cached_folder
 from .io import cache_dir
+from .listing import IMAGE_EXTENSIONS, MAX_NAMED, SkippedImagesWarning, is_run_folder, list_images
 
 __all__ = ["ImageSet", "DataError", "SkippedImagesWarning", "load", "load_folder", "load_cifar", "load_demo", "list_images"]
 __all__ += ["is_run_folder", "cache_dir", "decode_image", "show_path", "channel_stats"]
 
-# Images, and arrays of bands (.npy, .npz: H x W x C); a TIFF may be an image or a stack of bands, one per page.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".npy", ".npz")
 DEMO_FILE = Path(__file__).parent / "demo" / "cifar10_demo.npz"
 DEFAULT_MAX_SIZE = 224
 CACHE_VERSION = 1
-MAX_NAMED = 50  # files named one by one in a warning; the rest are counted
-
-
-class SkippedImagesWarning(UserWarning):
-    """Some files or folders of DATA were left out: undecodable, unreadable, or a run folder (see --strict)."""
 
 
 @dataclass
@@ -108,95 +102,6 @@ class ImageSet:
 
 
 # -- folders -------------------------------------------------------------------------
-
-
-def is_run_folder(path: str | Path) -> bool:
-    """Whether ``path`` holds a simsiam run (its checkpoint, or its config with any of the files a run writes)."""
-    path = Path(path)
-    if (path / "checkpoints" / "last.ckpt").is_file():
-        return True
-    return (path / "config.yaml").is_file() and any(
-        (path / name).exists() for name in ("metrics.csv", "metrics.json", "training.png", "checkpoints")
-    )
-
-
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
-def _walk(root: Path, exclude: set[str]) -> tuple[list[Path], dict[str, str], list[Path]]:
-    """Image files under ``root``; the folders that could not be read (real path -> text); the folders left out."""
-    files: list[Path] = []
-    seen: set[str] = set()
-    unreadable: dict[str, str] = {}
-    left_out: list[Path] = []
-
-    def note_unreadable(e: OSError) -> None:
-        if os.path.realpath(e.filename) != os.path.realpath(root):
-            unreadable[os.path.realpath(e.filename)] = f"{show_path(e.filename)} ({e.strerror})"
-
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=note_unreadable):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        keep = []
-        for d in sorted(d for d in dirnames if not _is_hidden(d)):
-            sub = Path(dirpath) / d
-            if os.path.realpath(sub) in exclude or is_run_folder(sub):
-                left_out.append(sub)
-            else:
-                keep.append(d)
-        dirnames[:] = keep
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if not _is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS) and os.path.realpath(path) not in exclude:
-                files.append(path)
-    return files, unreadable, left_out
-
-
-def list_images(root: Path, exclude: Iterable[str | Path] = ()) -> tuple[list[Path], list[int] | None, list[str]]:
-    """Image files under ``root``, and labels when the images sit in class subfolders.
-
-    Hidden files and folders are skipped; symbolic links are followed once (loops
-    are cut by remembering the real paths visited); folders that cannot be read
-    are skipped with a warning naming them. Simsiam run folders (see
-    :func:`is_run_folder`) and the paths in ``exclude`` (files or folders: a
-    run's own output folder, say) are never read, and a warning names them.
-    """
-    root = Path(root)
-    if not os.access(root, os.R_OK | os.X_OK):
-        raise DataError(f"{show_path(root)}: cannot read the folder (permission denied)")
-    excluded = {os.path.realpath(p) for p in exclude} - {os.path.realpath(root)}
-    files, unreadable, left_out = _walk(root, excluded)
-    if unreadable:
-        shown = ", ".join(sorted(unreadable.values())[:MAX_NAMED])
-        warnings.warn(f"skipped {len(unreadable)} folder(s) that cannot be read: {shown}", SkippedImagesWarning, stacklevel=2)
-    if left_out:
-        shown = ", ".join(show_path(p.relative_to(root)) for p in left_out[:MAX_NAMED])
-        warnings.warn(f"{show_path(root)}: left out {len(left_out)} simsiam run or output folder(s), never read as data: {shown}",
-                      SkippedImagesWarning, stacklevel=2)  # fmt: skip
-    top_level = [f for f in files if f.parent == root]
-    class_dirs = sorted({f.relative_to(root).parts[0] for f in files if f.parent != root})
-    if top_level or not class_dirs:
-        return files, None, []
-    holds_left_out = {p.relative_to(root).parts[0] for p in left_out}
-    empty = sorted(
-        d.name
-        for d in root.iterdir()
-        if d.is_dir() and not _is_hidden(d.name) and d.name not in class_dirs and d.name not in holds_left_out
-        and os.path.realpath(d) not in unreadable and os.path.realpath(d) not in excluded
-    )  # fmt: skip
-    if empty:
-        warnings.warn(
-            f"{show_path(root)}: class folders with no images are ignored: {', '.join(map(show_path, empty))}",
-            SkippedImagesWarning,
-            stacklevel=2,
-        )
-    index = {c: i for i, c in enumerate(class_dirs)}
-    labels = [index[f.relative_to(root).parts[0]] for f in files]
-    return files, labels, class_dirs
 
 
 def _auto_size(files: list[Path], max_size: int = DEFAULT_MAX_SIZE) -> int:

@@ -237,9 +237,13 @@ class DiskImages:
         try:
             image = decode_jpeg(torch.frombuffer(blob, dtype=torch.uint8), mode=mode)
         except RuntimeError as e:
-            raise DataError(f"{self.where}: image {row} of the cache cannot be decoded ({e}); the entry is damaged: delete it to rebuild") from None
+            raise DataError(
+                f"{self.where}: image {row} of the cache cannot be decoded ({e}); the entry is damaged: delete it to rebuild"
+            ) from None
         if tuple(image.shape) != tuple(self.shape[1:]):
-            raise DataError(f"{self.where}: image {row} of the cache decodes to {tuple(image.shape)}; the entry is damaged: delete it to rebuild")
+            raise DataError(
+                f"{self.where}: image {row} of the cache decodes to {tuple(image.shape)}; the entry is damaged: delete it to rebuild"
+            )
         return image
 
 

@@ -57,7 +57,9 @@ class SimSiamModule(L.LightningModule):
         # The image size builds ViTs for it and checks every backbone at it; channels, mean and std are the data's.
         self.model = SimSiam(**dataclasses.asdict(self.cfg.model), image_size=self.cfg.image_size)
         mean, std = self.cfg.normalization()
-        self.augment = Augment(self.cfg.image_size, channels=self.cfg.model.channels, mean=mean, std=std, **dataclasses.asdict(self.cfg.augment))
+        self.augment = Augment(
+            self.cfg.image_size, channels=self.cfg.model.channels, mean=mean, std=std, **dataclasses.asdict(self.cfg.augment)
+        )
         self._step_fn = self._compute  # replaced by its compiled version on fit start
         self._render = self.augment.apply  # likewise, with --compile-augment
         self._cudagraphs = False  # the compiled step replays CUDA graphs (--compile-mode reduce-overhead)

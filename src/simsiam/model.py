@@ -59,21 +59,30 @@ class ModelConfig:
     channels: int | None = option(
         None,
         flag="--channels",
-        check=in_range(1, 512),  # 512: the most bands a file may hold (simsiam.decode.MAX_CHANNELS)
+        check=in_range(1, 512),  # 512: the most bands a file may hold (simsiam.stacks.MAX_CHANNELS)
         help="image channels C, taken by the backbone's first convolution (default: the data's; 3 for RGB; 1 reads images as grey)",
     )
     proj_dim: int = option(2048, flag="--proj-dim", check=at_least(1), help="output width d of the projection MLP (and of the predictor)")
-    proj_hidden_dim: int | None = option(None, flag="--proj-hidden-dim", check=at_least(1), help="hidden width of the projection MLP (default: --proj-dim)")
+    proj_hidden_dim: int | None = option(
+        None, flag="--proj-hidden-dim", check=at_least(1), help="hidden width of the projection MLP (default: --proj-dim)"
+    )
     proj_layers: int | None = option(
         None, flag="--proj-layers", check=at_least(1), help="layers of the projection MLP (default: 2 for small images as on CIFAR, else 3)"
     )
     pred_hidden_dim: int | None = option(
-        None, flag="--pred-hidden-dim", check=at_least(1), help="bottleneck width of the predictor h (default: --proj-dim / 4, the paper's 512)"
+        None,
+        flag="--pred-hidden-dim",
+        check=at_least(1),
+        help="bottleneck width of the predictor h (default: --proj-dim / 4, the paper's 512)",
     )
     zero_init_residual: bool = option(
-        False, flag="--zero-init-residual", help="start each residual block as the identity (its last BN at zero), as the reference code does"
+        False,
+        flag="--zero-init-residual",
+        help="start each residual block as the identity (its last BN at zero), as the reference code does",
     )
-    stop_gradient: bool = option(True, flag="--stop-gradient", help="stop-gradient on z; --no-stop-gradient is the paper's ablation, which collapses")
+    stop_gradient: bool = option(
+        True, flag="--stop-gradient", help="stop-gradient on z; --no-stop-gradient is the paper's ablation, which collapses"
+    )
     predictor: bool = option(True, flag="--predictor", help="the predictor h; --no-predictor is the paper's ablation, which collapses")
 
     def resolved(self, image_size: int | None = None, channels: int | None = None) -> ModelConfig:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import signal
 import sys
 import threading
@@ -29,17 +28,22 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from . import data as data_module
 from .batches import Batches, BatchSource, ShardedBatches
-from .callbacks import EpochReport, ExactResume, GracefulStop, OnlineKnn, ProgressBar, RankZeroRunFolder, say
+from .callbacks import EpochReport, ExactResume, GracefulStop, OnlineKnn
 from .checkpoint import config_of, read_checkpoint
-from .config import TrainConfig, load_yaml, resolve, resume_config, save_yaml
+from .config import TrainConfig, resolve, resume_config, save_yaml
+from .config_file import load_yaml
 from .data import ImageSet
 from .disk_images import DiskImages
 from .engine import SimSiamModule
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, RunError, TrainingInterrupted
 from .io import atomic_write, save_torch_atomic, write_json
+from .launch import LAUNCHERS, check_processes, describe_distributed, launched_processes, processes_per_node, syncs_batchnorm, uses_gpu
+from .ranks import ProgressBar, RankZeroRunFolder, say
 from .run_folder import RunFolder
 
-LAUNCHERS = {"LightningEnvironment": "Lightning", "TorchElasticEnvironment": "torchrun", "SLURMEnvironment": "SLURM"}
+__all__ = ["fit", "summary", "AtomicCheckpointIO", "CTRL_C"]
+__all__ += ["LAUNCHERS", "launched_processes", "describe_distributed"]  # the processes of a run, from simsiam.launch
+
 CTRL_C = "saving a checkpoint after this step, then stopping (Ctrl-C again: stop at once, without saving)"
 
 
@@ -68,7 +72,7 @@ def fit(
         cfg, resumed = _continue(run, cfg, overrides or {}) if resume else (cfg, None)
         L.seed_everything(cfg.seed, verbose=False)
         cfg, images = _load_images(dataclasses.replace(cfg, out=str(run.path)), run, progress and rank0)
-        _check_processes(cfg, len(images.train))
+        check_processes(cfg, len(images.train))
         module = SimSiamModule(cfg.to_dict(), steps_per_epoch=len(images.train) // cfg.batch_size)
         knn = OnlineKnn(images.bank, images.query, cfg) if images.bank is not None else None
         report, stop = EpochReport(run, cfg, knn), GracefulStop(run, cfg)
@@ -135,17 +139,23 @@ class _Images:
 
 def _load_images(cfg: TrainConfig, run: RunFolder, progress: bool) -> tuple[TrainConfig, _Images]:
     """DATA (and --val) decoded, and the config resolved for their size and the device."""
-    on_gpu = _on_gpu(cfg)
+    on_gpu = uses_gpu(cfg)
     if on_gpu:
         torch.set_float32_matmul_precision("high")  # TF32 for whatever runs outside bf16 autocast
     elif cfg.data_on == "gpu":
         raise ConfigError("gpu asked for, but training runs on the CPU (no CUDA GPU, or --accelerator cpu)", key="data_on")
     options = dict(strict=cfg.strict, progress=progress, decode_device="cuda" if on_gpu else None, exclude=[run.path])
     # Where the decoded images are kept (memory or the disk cache), for this many copies of them on this machine.
-    options.update(data_on=cfg.data_on, cache_format=cfg.cache_format, processes=_devices(cfg))
+    options.update(data_on=cfg.data_on, cache_format=cfg.cache_format, processes=processes_per_node(cfg))
     dataset = data_module.load(cfg.data, cfg.cache_size or cfg.image_size, channels=cfg.model.channels, **options)
     # Not RGB: the views, the kNN and the exports are normalised with the data's own per-channel mean and std.
-    cfg = resolve(cfg, cfg.image_size or dataset.image_size, on_gpu, channels=dataset.channels, statistics=lambda: data_module.channel_stats(dataset.images))
+    cfg = resolve(
+        cfg,
+        cfg.image_size or dataset.image_size,
+        on_gpu,
+        channels=dataset.channels,
+        statistics=lambda: data_module.channel_stats(dataset.images),
+    )
     cfg = dataclasses.replace(cfg, cache_size=dataset.image_size)  # the views are random crops of images this size
     val = data_module.load(cfg.val, cfg.cache_size, channels=cfg.model.channels, **options) if cfg.val is not None else None
     return cfg, _knn_sets(cfg, dataset, val)
@@ -177,25 +187,6 @@ def _knn_sets(cfg: TrainConfig, dataset: ImageSet, val: ImageSet | None) -> _Ima
     return _Images(dataset, train, train, query, note)
 
 
-def _check_processes(cfg: TrainConfig, n_train: int) -> None:
-    """RunError unless the processes are the launcher's and the batch splits over them and fits in the training images."""
-    devices = _devices(cfg)
-    world = devices * cfg.num_nodes
-    launched = launched_processes()
-    if launched is not None and launched[1] != world:
-        raise RunError(
-            f"--devices {devices} --num-nodes {cfg.num_nodes}: that makes {world} process(es), but {launched[0]} started "
-            f"{launched[1]}; set --devices to the processes per node and --num-nodes to the number of nodes"
-        )
-    if cfg.batch_size % world:
-        raise RunError(f"--batch-size: {cfg.batch_size} does not split evenly over {world} processes")
-    if cfg.batch_size > n_train:
-        raise RunError(
-            f"--batch-size: {cfg.batch_size} is larger than the {n_train} training images of "
-            f"{cfg.data or 'the demo set'}; use --batch-size {max(2, n_train // 2)} or less"
-        )
-
-
 def _trainer(
     cfg: TrainConfig, run: RunFolder, module: SimSiamModule, callbacks: list[L.Callback], progress: bool, with_best: bool
 ) -> L.Trainer:
@@ -214,7 +205,7 @@ def _trainer(
     checkpoints = [checkpoint(run.last_checkpoint, every_n_epochs=cfg.checkpoint_every)]
     if with_best:
         checkpoints.append(checkpoint(run.best_checkpoint, monitor="knn_top1", mode="max"))
-    on_gpu, devices = _on_gpu(cfg), _devices(cfg)
+    on_gpu, devices = uses_gpu(cfg), processes_per_node(cfg)
     world = devices * cfg.num_nodes
     try:
         return L.Trainer(
@@ -223,7 +214,7 @@ def _trainer(
             devices=devices,
             num_nodes=cfg.num_nodes,
             strategy="ddp" if world > 1 else "auto",
-            sync_batchnorm=_sync_bn(cfg, world),
+            sync_batchnorm=syncs_batchnorm(cfg, world),
             precision=cfg.precision,
             logger=TensorBoardLogger(save_dir=str(run.path), name="", version=run.tensorboard.name, default_hp_metric=False),
             callbacks=[*callbacks, *checkpoints, *([ProgressBar(refresh_rate=10)] if progress else [])],
@@ -244,7 +235,7 @@ def _print_header(
     run: RunFolder, cfg: TrainConfig, images: _Images, trainer: L.Trainer, module: SimSiamModule, resumed: _Resumed | None
 ) -> None:
     """What the run is about to do, before the first step (rank 0)."""
-    data, on_gpu, world = images.data, _on_gpu(cfg), trainer.world_size
+    data, on_gpu, world = images.data, uses_gpu(cfg), trainer.world_size
     labels = f", {len(data.classes)} classes" if data.labels is not None else ", unlabeled"
     n_params = sum(p.numel() for p in module.model.parameters())
     m = cfg.model
@@ -384,48 +375,3 @@ def _stop_on_ctrl_c(stop: GracefulStop) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)  # also undoes Lightning's SIG_IGN after a KeyboardInterrupt
-
-
-def _on_gpu(cfg: TrainConfig) -> bool:
-    return cfg.accelerator != "cpu" and torch.cuda.is_available()
-
-
-def _devices(cfg: TrainConfig) -> int:
-    """Processes per node: --devices, or all GPUs (one process on a CPU)."""
-    if isinstance(cfg.devices, int):
-        return cfg.devices
-    return max(1, torch.cuda.device_count()) if _on_gpu(cfg) else 1
-
-
-def _sync_bn(cfg: TrainConfig, world: int) -> bool:
-    # torch's SyncBatchNorm refuses CPU tensors: on CPU every process keeps plain BN.
-    return bool(cfg.sync_batchnorm and world > 1 and _on_gpu(cfg))
-
-
-def launched_processes() -> tuple[str, int] | None:
-    """(launcher, number of processes) when torchrun or SLURM's srun started this process; Lightning then joins them."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
-
-    if TorchElasticEnvironment.detect():
-        return "torchrun", int(os.environ["WORLD_SIZE"])
-    if SLURMEnvironment.detect():
-        return "SLURM", int(os.environ["SLURM_NTASKS"])
-    return None
-
-
-def describe_distributed(trainer: L.Trainer, cfg: TrainConfig, on_gpu: bool) -> str:
-    """The log line of a multi-process run: processes, launcher, per-process batch, batch norm."""
-    environment = type(trainer.strategy.cluster_environment).__name__
-    if _sync_bn(cfg, trainer.world_size):
-        bn = "synchronized across processes (SyncBatchNorm)"
-    elif not cfg.sync_batchnorm:
-        bn = "per process, not synchronized (--no-sync-batchnorm)"
-    else:
-        bn = "per process, not synchronized (torch's SyncBatchNorm needs GPUs; on CPU every process keeps plain BN)"
-    nodes, devices = trainer.num_nodes, trainer.num_devices
-    per_node = f"{devices} GPU{'s' * (devices > 1)}" if on_gpu else f"{devices} CPU process{'es' * (devices > 1)}"
-    return (
-        f"distributed: DDP over {trainer.world_size} processes ({nodes} node{'s' * (nodes > 1)} x {per_node}), "
-        f"launched by {LAUNCHERS.get(environment, environment)}; batch {cfg.batch_size // trainer.world_size} per process; "
-        f"batch norm {bn}"
-    )
