@@ -111,7 +111,18 @@ def decode_all(
     jpeg_device: str | torch.device | None = None,
     channels: int = 3,
 ) -> tuple[torch.Tensor, list[int], list[str]]:
-    """One (N, C, size, size) tensor, the indices of the files that decoded (other rows are garbage), and why the others did not."""
+    """Decode ``files`` into one (N, C, size, size) uint8 tensor, C = ``channels`` (see :func:`decode_image`).
+
+    Returns the tensor, the indices of the files that decoded (the other rows
+    are garbage) and, in file order, why each of the others did not (one line
+    each, naming the file). With ``strict`` the first failure raises instead.
+
+    ``jpeg_device`` (a torch device, "cuda" in practice) decodes the JPEGs in
+    batches with torchvision's decode_jpeg on that device (nvJPEG on a GPU); the
+    other files, and any JPEG it refuses, go through Pillow. Both paths accept
+    and refuse the same files. The image cache decodes a chunk at a time
+    instead (:func:`decode_chunks`), never holding a whole folder.
+    """
     out = torch.empty(len(files), channels, size, size, dtype=torch.uint8)
     keep: list[int] = []
     skipped: list[str] = []

@@ -48,10 +48,6 @@ line (see :func:`show_path`).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
-
 from .bulk_decode import JPEG_EXTENSIONS, decode_all
 from .cifar import read_cifar_pickle
 from .guards import MAX_PIXELS, open_regular
@@ -63,24 +59,5 @@ __all__ = ["MAX_PIXELS", "decode_image", "decode_files", "image_size_of", "open_
 __all__ += ["MAX_CHANNELS", "channels_of", "STACK_EXTENSIONS", "JPEG_EXTENSIONS"]
 
 
-def decode_files(
-    files: list[Path],
-    size: int,
-    strict: bool = False,
-    progress: bool = True,
-    jpeg_device: str | torch.device | None = None,
-    channels: int = 3,
-) -> tuple[torch.Tensor, list[int], list[str]]:
-    """Decode ``files`` into one (N, C, size, size) uint8 tensor, C = ``channels`` (see :func:`decode_image`).
-
-    Returns the tensor, the indices of the files that decoded (the other rows
-    are garbage) and, in file order, why each of the others did not (one line
-    each, naming the file). With ``strict`` the first failure raises instead.
-
-    ``jpeg_device`` (a torch device, "cuda" in practice) decodes the JPEGs in
-    batches with torchvision's decode_jpeg on that device (nvJPEG on a GPU); the
-    other files, and any JPEG it refuses, go through Pillow. Both paths accept
-    and refuse the same files. The image cache decodes a chunk at a time
-    instead (:func:`simsiam.bulk_decode.decode_chunks`), never holding a whole folder.
-    """
-    return decode_all(files, size, strict, progress, jpeg_device, channels)
+# Decoding a whole list into one tensor: the bulk path, under its public name.
+decode_files = decode_all
