@@ -11,13 +11,14 @@ a table. Names:
   mobilenet_v3_small, regnet_y_400mf, vit_b_16, swin_t, ...;
 - ``timm:NAME``: any timm model, when timm is installed (``pip install 'simsiam[timm]'``),
   built as ``timm.create_model(NAME, num_classes=0, in_chans=C)``;
-- ``resnet10-slim``: the CPU demo network, ResNet-18's BasicBlock design with one
-  block per stage and half the width, so a 2-core machine sees a real SimSiam gain in minutes.
+- ``resnet10-tiny`` and ``resnet10-slim``: our CPU networks, ResNet-18's BasicBlock
+  design with one block per stage at a quarter and half the width; resnet10-tiny is
+  the CPU demo's, so a 2-core machine sees a real SimSiam gain in a minute.
 
 The small-image stem of the paper's CIFAR experiments (appendix D: "the first conv
 layer is 3x3 with stride 1 and the first max-pooling layer is removed") is a ResNet
 notion and applies to the ResNet family only (resnet*, resnext*, wide_resnet*,
-resnet10-slim); :attr:`BackboneInfo.description` says what was done for the others.
+resnet10-tiny, resnet10-slim); :attr:`BackboneInfo.description` says what was done for the others.
 
 C-channel images: the first convolution is replaced by one taking C channels
 under the same name (timm builds it so with ``in_chans``), so the module tree and
@@ -87,7 +88,7 @@ def torchvision_names() -> tuple[str, ...]:
 
 
 def has_small_stem(name: str) -> bool:
-    """Whether the small-image stem applies: the torchvision ResNet family and resnet10-slim."""
+    """Whether the small-image stem applies: the torchvision ResNet family and our CPU ResNets."""
     return name in SLIM_WIDTHS or (name.startswith(RESNET_FAMILY) and name in torchvision_names())
 
 
