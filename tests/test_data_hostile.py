@@ -11,6 +11,7 @@ import pickle
 import resource
 import struct
 import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -379,3 +380,97 @@ def test_a_cifar_pickle_declaring_a_huge_array_is_refused(tmp_path):
     assert (tmp_path / "data_batch_1").stat().st_size < 300
     with pytest.raises(DataError, match=r"data_batch_1: damaged, or not a CIFAR-10 python file \(.*larger than the"):
         load(tmp_path)
+
+
+# -- no program runs from data: Pillow opens the allowed formats only ------------------------------
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nnewpath 0 0 moveto 16 16 lineto stroke\nshowpage\n%%EOF\n"
+
+
+def _fake_ghostscript(tmp_path: Path) -> tuple[Path, dict]:
+    """A `gs` first on PATH that leaves a marker when it runs; the environment that finds it."""
+    bin_dir, marker = tmp_path / "bin", tmp_path / "gs-ran"
+    bin_dir.mkdir()
+    (bin_dir / "gs").write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    (bin_dir / "gs").chmod(0o755)
+    return marker, {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _dos_eps() -> bytes:
+    """The DOS EPS binary wrapper (magic C5 D0 D3 C6) around the PostScript above."""
+    header = struct.pack("<IIIIIIIH", 0xC6D3D0C5, 30, len(EPS), 0, 0, 0, 0, 0xFFFF)
+    return header + EPS
+
+
+def test_the_ghostscript_control_pillow_alone_would_run_it(tmp_path):
+    """The control: plain Pillow runs `gs` on this file, so the test below proves something."""
+    marker, env = _fake_ghostscript(tmp_path)
+    (tmp_path / "drawing.png").write_bytes(EPS)
+    code = f"from PIL import Image\ntry:\n    Image.open({str(tmp_path / 'drawing.png')!r}).load()\nexcept Exception:\n    pass\n"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("name", ["drawing.png", "drawing.jpg", "scan.tif", "photo.webp"])
+@pytest.mark.parametrize("kind", ["eps", "dos eps"])
+def test_a_postscript_file_in_data_never_runs_ghostscript(tmp_path, name, kind):
+    marker, env = _fake_ghostscript(tmp_path)
+    root = _images(tmp_path / "data")
+    (root / name).write_bytes(EPS if kind == "eps" else _dos_eps())
+    probe = (
+        "import warnings, sys\n"
+        "from simsiam.data import load\n"
+        "from simsiam.decode import decode_files, decode_image\n"
+        "from simsiam.data import list_images\n"
+        "with warnings.catch_warnings(record=True) as said:\n"
+        "    warnings.simplefilter('always')\n"
+        f"    ds = load({str(root)!r}, progress=False)\n"
+        f"    files, _, _ = list_images(__import__('pathlib').Path({str(root)!r}))\n"
+        "    decode_files(files, 16, progress=False, jpeg_device='cpu')\n"
+        "print(len(ds))\n"
+        "print([str(w.message) for w in said])\n"
+        "try:\n"
+        f"    decode_image({str(root / name)!r}, 16)\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__, e)\n"
+    )
+    env = {**env, "SIMSIAM_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert not marker.exists(), "a file in DATA made Pillow run Ghostscript"
+    count, warned, error = out.stdout.strip().split("\n")
+    assert count == "4"
+    assert f"{name}: not an image of a format that is read" in warned
+    assert error.startswith("DataError ") and f"{name}: not an image of a format that is read (JPEG, PNG" in error
+
+
+@pytest.mark.parametrize("fmt", ["PPM", "TGA", "PCX", "ICO", "SGI", "IM", "XBM"])
+def test_formats_outside_the_allow_list_are_bad_files_whatever_their_name(tmp_path, fmt):
+    root = _images(tmp_path / "data")
+    buf = io.BytesIO()
+    Image.new("1" if fmt == "XBM" else "RGB", (16, 16), 1 if fmt == "XBM" else (10, 200, 30)).save(buf, fmt)
+    (root / f"other-{fmt.lower()}.png").write_bytes(buf.getvalue())
+    ds, said = _load(root, image_size=16)
+    assert len(ds) == 4 and len(said) == 1 and f"other-{fmt.lower()}.png: not an image of a format that is read" in said[0]
+    with pytest.raises(DataError, match="not an image of a format that is read"):
+        load_folder(root, image_size=16, strict=True, progress=False)
+
+
+@pytest.mark.parametrize("fmt,ext", [("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp"), ("BMP", ".bmp"), ("GIF", ".gif"), ("TIFF", ".tif")])
+def test_every_allowed_format_is_read_from_its_content(tmp_path, fmt, ext):
+    pixels = np.zeros((16, 16, 3), np.uint8)
+    pixels[..., 0] = 200
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    (tmp_path / f"a{ext}").write_bytes(buf.getvalue())
+    (tmp_path / f"misnamed{'.png' if ext != '.png' else '.jpg'}").write_bytes(buf.getvalue())  # the content decides
+    for f in (tmp_path / f"a{ext}", *tmp_path.glob("misnamed.*")):
+        red = decode_image(f, 16)[0].float().mean().item()
+        assert abs(red - 200) < 8, (fmt, f.name, red)
+
+
+def test_a_gif_is_read_as_its_first_frame(tmp_path):
+    frames = [Image.new("RGB", (16, 16), c) for c in ((250, 0, 0), (0, 0, 250))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    image = decode_image(tmp_path / "anim.gif", 16)
+    assert image[0].float().mean() > 200 and image[2].float().mean() < 30

@@ -180,7 +180,7 @@ def _jpeg_bytes(path: Path) -> torch.Tensor | None:
     try:
         with open_regular(path) as fh:
             blob = fh.read()
-        with Image.open(io.BytesIO(blob)) as img:  # the header only: format, mode and declared size
+        with Image.open(io.BytesIO(blob), formats=("JPEG",)) as img:  # the header only: format, mode and declared size
             if img.format != "JPEG" or img.mode not in ("RGB", "L") or img.width * img.height > MAX_PIXELS:
                 return None
         return torch.frombuffer(bytearray(blob), dtype=torch.uint8)

@@ -29,6 +29,18 @@ from .guards import MAX_PIXELS, error_text, open_regular, quiet_bomb_warning
 from .io import show_path
 from .stacks import MAX_CHANNELS, NPY_MAGIC, SIXTEEN_BIT, ZIP_MAGIC, array_dims_of, decode_array, decode_pages, eight_bit, is_stack
 
+# The only formats Pillow may open, told apart by their content (the file name plays no part):
+# what people keep photos and scans in. Pillow knows some forty formats; some of its plugins
+# hand the file to an external program (EPS and PostScript to Ghostscript), so every other
+# plugin stays shut, whatever a file in DATA is named. Arrays (.npy, .npz) are read by numpy.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+READ_FORMATS = "JPEG, PNG, WebP, BMP, GIF (its first frame), TIFF, or a .npy/.npz array"
+
+
+def open_image(fh: BinaryIO) -> Image.Image:
+    """``Image.open`` restricted to :data:`IMAGE_FORMATS`: reads the header only; UnidentifiedImageError for any other format."""
+    return Image.open(fh, formats=IMAGE_FORMATS)
+
 
 def decode_image(source: str | Path | bytes, size: int, channels: int | None = None) -> torch.Tensor:
     """One image file (or its bytes) as a (C, size, size) uint8 tensor: RGB by default.
@@ -44,7 +56,7 @@ def decode_image(source: str | Path | bytes, size: int, channels: int | None = N
     >>> decode_image(b"not an image", 8)
     Traceback (most recent call last):
     ...
-    simsiam.errors.DataError: image bytes: not an image (no format recognised)
+    simsiam.errors.DataError: image bytes: not an image of a format that is read (JPEG, PNG, WebP, BMP, GIF (its first frame), TIFF, or a .npy/.npz array)
     """
     name = "image bytes" if isinstance(source, bytes) else show_path(source)
     if channels is not None and not 1 <= channels <= MAX_CHANNELS:
@@ -58,7 +70,7 @@ def decode_image(source: str | Path | bytes, size: int, channels: int | None = N
         if isinstance(e, OSError) and e.errno is not None:  # the file itself: missing, unreadable, a link loop
             raise DataError(f"{name}: cannot read ({e.strerror})") from e
         if isinstance(e, UnidentifiedImageError):
-            raise DataError(f"{name}: not an image (no format recognised)") from e
+            raise DataError(f"{name}: not an image of a format that is read ({READ_FORMATS})") from e
         if isinstance(e, Image.DecompressionBombError):
             raise DataError(f"{name}: refused as a possible decompression bomb ({error_text(e)})") from e
         raise DataError(f"{name}: cannot decode image ({type(e).__name__}: {error_text(e)})") from e
@@ -90,7 +102,7 @@ def _check_pixels(img: Image.Image, name: str) -> None:
 
 
 def _decode(fh: BinaryIO, size: int, name: str, channels: int | None = None) -> torch.Tensor:
-    with Image.open(fh) as img:  # reads the header only
+    with open_image(fh) as img:  # reads the header only
         _check_pixels(img, name)
         # A stack of grey pages is C bands; read as an image (its first page, as ever) only where 1 or 3 channels are asked.
         if is_stack(img) and (channels is None or channels == img.n_frames or channels not in (1, 3)):
@@ -164,7 +176,7 @@ def _header(path: str | Path) -> tuple[int, int, int] | None:
             if magic.startswith(NPY_MAGIC) or magic.startswith(ZIP_MAGIC):
                 height, width, channels = array_dims_of(fh, magic.startswith(ZIP_MAGIC))
             else:
-                with Image.open(fh) as img:
+                with open_image(fh) as img:
                     (width, height), channels = img.size, img.n_frames if is_stack(img) else 3
             return width, height, channels
     except Exception:  # unreadable files are reported by the decoding pass

@@ -17,7 +17,7 @@ from .errors import DataError
 from .io import show_path
 
 # Images, and arrays of bands (.npy, .npz: H x W x C); a TIFF may be an image or a stack of bands, one per page.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".npy", ".npz")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".npy", ".npz")
 MAX_NAMED = 50  # files named one by one in a warning; the rest are counted
 
 
