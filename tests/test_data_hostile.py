@@ -456,7 +456,9 @@ def test_formats_outside_the_allow_list_are_bad_files_whatever_their_name(tmp_pa
         load_folder(root, image_size=16, strict=True, progress=False)
 
 
-@pytest.mark.parametrize("fmt,ext", [("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp"), ("BMP", ".bmp"), ("GIF", ".gif"), ("TIFF", ".tif")])
+@pytest.mark.parametrize(
+    "fmt,ext", [("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp"), ("BMP", ".bmp"), ("GIF", ".gif"), ("TIFF", ".tif")]
+)
 def test_every_allowed_format_is_read_from_its_content(tmp_path, fmt, ext):
     pixels = np.zeros((16, 16, 3), np.uint8)
     pixels[..., 0] = 200
