@@ -36,6 +36,7 @@ import torch
 from .config import TrainConfig
 from .errors import CheckpointError, ConfigError
 from .model import SimSiam
+from .options import validate
 from .run_folder import LAST, RunFolder
 
 # Weight names of the previous layout -> today's (the LightningModule prefixes "model.").
@@ -68,16 +69,37 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             why = text.strip().split(". ")[0] if text.strip() else "the file ends too early"
         size = path.stat().st_size
         raise CheckpointError(f"{path}: the checkpoint is corrupt or truncated ({size} bytes; {type(e).__name__}: {why[:160]})") from None
-    config = state.get("hyper_parameters", {}).get("config") if isinstance(state, dict) else None
+    hyper = state.get("hyper_parameters") if isinstance(state, dict) else None
+    config = hyper.get("config") if isinstance(hyper, dict) else None
     if not isinstance(config, dict) or not isinstance(state.get("state_dict"), dict):
         hint = " (backbone.pt holds backbone weights only; pass the run folder)" if _looks_like_backbone(state) else ""
         raise CheckpointError(f"{path}: not a simsiam checkpoint (no simsiam config and weights in it){hint}")
-    try:
-        TrainConfig.from_dict(config)
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: not a checkpoint of this simsiam version ({e})") from None
+    stored_config(path, config)
+    names = [k for k in state["state_dict"] if not isinstance(k, str)]
+    if names:
+        raise CheckpointError(f"{path}: not a simsiam checkpoint (a weight name that is not text: {names[0]!r})")
+    for key in ("epoch", "global_step"):
+        value = state.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise CheckpointError(f"{path}: not a simsiam checkpoint ({key} is {str(value)[:40]!r}, not a count)")
     state["state_dict"] = rename_legacy_weights(state["state_dict"])
     return state
+
+
+def stored_config(path: str | Path, config: dict[str, Any]) -> TrainConfig:
+    """The config a checkpoint stores, through the same schema and checks as the flags of ``simsiam train``.
+
+    A key the schema does not know, a value of the wrong type, and a value that
+    its option's check refuses (an image size of millions, a negative width) are
+    one CheckpointError naming the file and the key: nothing downstream sizes a
+    model or a tensor from an unchecked value.
+    """
+    try:
+        cfg = TrainConfig.from_dict(config)
+        validate(cfg)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: the config stored in the checkpoint is refused: {e}") from None
+    return cfg
 
 
 def rename_legacy_weights(weights: dict[str, Any]) -> dict[str, Any]:
@@ -93,24 +115,54 @@ def rename_legacy_weights(weights: dict[str, Any]) -> dict[str, Any]:
     return renamed
 
 
-def check_weights_fit(path: str | Path, saved: dict[str, torch.Tensor], model_state: dict[str, torch.Tensor]) -> None:
-    """Raise CheckpointError unless the saved weights have exactly the model's names and shapes."""
+def check_weights_fit(path: str | Path, saved: dict[str, Any], model_state: dict[str, torch.Tensor]) -> None:
+    """Raise CheckpointError unless the saved weights are the model's: its names and shapes, its kinds of numbers, all finite.
+
+    The one check of a checkpoint's tensors, before any is loaded or used: every
+    command that reads weights (evaluate, embed, neighbors, map, export) and
+    ``train --resume`` come through here (:func:`config_of`). The error names the
+    file and the first tensor at fault, by its name in the file.
+    """
     missing = sorted(set(model_state) - set(saved))
     unexpected = sorted(set(saved) - set(model_state))
-    wrong = [
-        f"{k} is {tuple(saved[k].shape)}, the model's is {tuple(model_state[k].shape)}"
-        for k in model_state
-        if k in saved and tuple(saved[k].shape) != tuple(model_state[k].shape)
-    ]
     problems = []
     if missing:
         problems.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected weights (e.g. {unexpected[0]})")
-    if wrong:
-        problems.append(f"{len(wrong)} of another shape (e.g. {wrong[0]})")
     if problems:
         raise CheckpointError(f"{path}: the weights are from another model than its config describes: {'; '.join(problems)}")
+    for key, want in model_state.items():
+        problem = tensor_problem(saved[key], want)
+        if problem:
+            raise CheckpointError(f"{path}: weight {key} {problem}")
+
+
+def tensor_problem(value: Any, want: torch.Tensor) -> str | None:
+    """What is wrong with a saved tensor where the model has ``want`` (what it is, its kind of numbers, its shape, finiteness), or None.
+
+    >>> tensor_problem(torch.zeros(2, 3, dtype=torch.int64), torch.zeros(2, 3))
+    'is int64, where the model has floating-point numbers (float32)'
+    >>> tensor_problem(torch.tensor([1.0, float("nan")]), torch.zeros(2))
+    'is not finite: 1 NaN and 0 infinite of its 2 values'
+    """
+    if not isinstance(value, torch.Tensor):
+        return f"is a {type(value).__name__}, not a tensor"
+    if value.layout != torch.strided or value.device.type != "cpu" or value.is_quantized:
+        return f"is a {value.layout} tensor on {value.device}{' (quantized)' if value.is_quantized else ''}, not a plain one"
+    kind = lambda t: (
+        "complex" if t.is_complex() else "floating-point" if t.is_floating_point() else "bool" if t.dtype == torch.bool else "integer"
+    )
+    if kind(value) != kind(want):
+        return f"is {str(value.dtype).removeprefix('torch.')}, where the model has {kind(want)} numbers ({str(want.dtype).removeprefix('torch.')})"
+    if tuple(value.shape) != tuple(want.shape):
+        return f"is {tuple(value.shape)}, the model's is {tuple(want.shape)}: the weights are from another model than its config describes"
+    if value.is_floating_point():
+        loaded = value if value.dtype == want.dtype else value.to(want.dtype)  # float64's 1e300 is float32's inf
+        if not bool(torch.isfinite(loaded).all()):
+            nan, inf = int(torch.isnan(loaded).sum()), int(torch.isinf(loaded).sum())
+            return f"is not finite: {nan} NaN and {inf} infinite of its {value.numel()} values"
+    return None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -131,7 +183,7 @@ def config_of(file: str | Path, state: dict[str, Any]) -> TrainConfig:
 
     The model is built on the meta device (shapes only: no memory, no time).
     """
-    cfg = TrainConfig.from_dict(state["hyper_parameters"]["config"])
+    cfg = stored_config(file, state["hyper_parameters"]["config"])
     if cfg.model.small_images is None or cfg.model.proj_layers is None:
         raise CheckpointError(f"{file}: its training config is not resolved (model.small_images, model.proj_layers unset)")
     try:
@@ -139,7 +191,7 @@ def config_of(file: str | Path, state: dict[str, Any]) -> TrainConfig:
             model = SimSiam(**dataclasses.asdict(cfg.model), image_size=cfg.image_size)
     except Exception as e:
         raise CheckpointError(f"{file}: its config does not describe a model this simsiam can build ({type(e).__name__}: {e})") from None
-    check_weights_fit(file, _model_weights(state), model.state_dict())
+    check_weights_fit(file, state["state_dict"], {f"model.{k}": v for k, v in model.state_dict().items()})
     return cfg
 
 
