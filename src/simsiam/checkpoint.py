@@ -165,6 +165,17 @@ def tensor_problem(value: Any, want: torch.Tensor) -> str | None:
     return None
 
 
+def check_finite_features(feats: torch.Tensor, checkpoint: str | Path | None = None) -> None:
+    """Raise CheckpointError, naming the checkpoint, unless every feature (N, D) is a finite number."""
+    bad = ~torch.isfinite(feats).all(dim=1)  # (N,)
+    if bool(bad.any()):
+        first, count = int(bad.nonzero()[0]), int(bad.sum())
+        raise CheckpointError(
+            f"{checkpoint or 'the model'}: its features are not finite (NaN or infinite) for {count} of {len(feats)} images, "
+            f"the first image {first}: its weights overflow on these images; nothing was written"
+        )
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """The checkpoint file that ``path`` stands for: the file itself, or a run folder's checkpoints/last.ckpt."""
     path = Path(path)

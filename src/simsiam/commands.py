@@ -199,7 +199,7 @@ def _features(args: argparse.Namespace, model: Any, cfg: Any, file: Path, images
     key = feature_cache_key(file, images.images) if args.cache_features else None
     mean, std = cfg.normalization()  # as in training
     feats, cache = features_of(
-        model, images.images, _device(args.accelerator), args.batch_size, key, not args.quiet, mean, std, cfg.image_size
+        model, images.images, _device(args.accelerator), args.batch_size, key, not args.quiet, mean, std, cfg.image_size, file
     )
     if cache is not None and not args.quiet:
         print(f"features of {images.source}: {cache}")

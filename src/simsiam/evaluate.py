@@ -22,7 +22,7 @@ from .io import cache_path, eval_mode, load_cached, save_cached, show_path
 
 __all__ = ["BackboneChangedError", "normalize_images", "extract_features", "knn_predict", "knn_accuracy", "z_std"]
 __all__ += ["collapse_level", "backbone_snapshot", "check_unchanged", "linear_probe", "feature_cache_key", "features_of"]
-__all__ += ["align_labels", "evaluate_encoder"]
+__all__ += ["align_labels", "evaluate_encoder", "dense_labels"]
 
 
 def normalize_images(images: torch.Tensor, mean=None, std=None, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -152,11 +152,25 @@ def knn_accuracy(
     >>> y = torch.arange(4).repeat(5)
     >>> knn_accuracy(f, y, f, y, k=5)
     1.0
+
+    Labels may be any integers (10**12, -1): they are renumbered 0..K-1 first, so
+    the votes take memory for the K classes present, not for the largest label.
     """
-    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    train_labels, test_labels, num_classes = dense_labels(train_labels, test_labels)
     scores = knn_predict(train_features, train_labels, test_features, num_classes, k, temperature)
     correct = int((scores.argmax(dim=1).cpu() == test_labels.cpu()).sum())
     return correct / max(1, len(test_labels))  # a Python division: 0.38, not float32's 0.3799999952316284
+
+
+def dense_labels(train_labels: torch.Tensor, test_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Both label sets renumbered 0..K-1 in the order of their values (K: the distinct labels of both), and K.
+
+    >>> dense_labels(torch.tensor([10**12, -3]), torch.tensor([-3, 7]))
+    (tensor([2, 0]), tensor([0, 1]), 3)
+    """
+    values, index = torch.unique(torch.cat([train_labels.long().cpu(), test_labels.long().cpu()]), return_inverse=True)
+    n = len(train_labels)
+    return index[:n].to(train_labels.device), index[n:].to(test_labels.device), len(values)
 
 
 def z_std(z: torch.Tensor) -> torch.Tensor:
@@ -223,7 +237,8 @@ def linear_probe(
     1.0
     """
     device = train_features.device
-    num_classes = int(max(train_labels.max(), test_labels.max())) + 1 if num_classes is None else num_classes
+    if num_classes is None:  # any integers as labels: a head of the K classes present (see dense_labels)
+        train_labels, test_labels, num_classes = dense_labels(train_labels, test_labels)
     mean = train_features.float().mean(dim=0)  # (D,)
     std = train_features.float().std(dim=0).clamp_min(1e-6)  # (D,)
     x_train = (train_features.float() - mean) / std  # (N, D)
@@ -294,11 +309,15 @@ def features_of(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     crop: int | None = None,
+    checkpoint: str | Path | None = None,
 ) -> tuple[torch.Tensor, Path | None]:
     """Backbone features (N, D) on ``device``; with ``cache_key``, read from or saved to the feature cache.
 
     ``mean`` and ``std`` normalise the images (the run's; None: ImageNet's, for RGB);
     ``crop`` centre-crops images cached larger than the training size to it.
+
+    Features that are not all finite (weights that overflow on these images) are
+    a CheckpointError naming ``checkpoint``: NaN never reaches an output file or the cache.
 
     Returns the features and the cache file when one was used. The cache lives
     beside the image cache (``$SIMSIAM_CACHE/features``, see :mod:`simsiam.io`);
@@ -310,7 +329,8 @@ def features_of(
     if name is not None:
 
         def fits(x) -> bool:
-            return isinstance(x, torch.Tensor) and x.is_floating_point() and x.ndim == 2 and x.shape[0] == images.shape[0]
+            ok = isinstance(x, torch.Tensor) and x.is_floating_point() and x.ndim == 2 and x.shape[0] == images.shape[0]
+            return ok and bool(torch.isfinite(x).all())
 
         cached = load_cached(name, fits, "feature cache", map_location=device)
         if cached is not None:
@@ -318,6 +338,9 @@ def features_of(
     model.to(device)
     options = dict(batch_size=batch_size, device=device, progress=progress, mean=mean, std=std, crop=crop)
     feats = extract_features(model, images, **options)  # (N, D)
+    from .checkpoint import check_finite_features  # here: `import simsiam` does not load the config machinery
+
+    check_finite_features(feats, checkpoint)
     file = save_cached(name, feats.cpu(), "feature cache") if name is not None else None
     return feats, file
 
@@ -370,8 +393,9 @@ def evaluate_encoder(
     before = backbone_snapshot(model.backbone)
     started = time.perf_counter()
     key = (lambda s: feature_cache_key(checkpoint, s.images)) if cache and checkpoint is not None else (lambda s: None)
-    train_feats, train_cache = features_of(model, train.images, device, batch_size, key(train), progress, mean, std, crop)  # (N, D)
-    test_feats, test_cache = features_of(model, test.images, device, batch_size, key(test), progress, mean, std, crop)  # (M, D)
+    options = dict(mean=mean, std=std, crop=crop, checkpoint=checkpoint)
+    train_feats, train_cache = features_of(model, train.images, device, batch_size, key(train), progress, **options)  # (N, D)
+    test_feats, test_cache = features_of(model, test.images, device, batch_size, key(test), progress, **options)  # (M, D)
     result: dict = {
         "train": {"data": train.source, "images": len(train), "classes": num_classes, "feature_cache": _str(train_cache)},
         "test": {"data": test.source, "images": len(test), "classes": len(test.classes), "feature_cache": _str(test_cache)},
