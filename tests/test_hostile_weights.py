@@ -13,6 +13,7 @@ import os
 import pickle
 import random
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 
@@ -350,3 +351,67 @@ def test_linear_probe_with_huge_labels_builds_a_head_of_the_classes_present():
     plain = linear_probe(train, y_train, train, y_train, epochs=3)
     huge = linear_probe(train, y_train * 10**12 - 1, train, y_train * 10**12 - 1, epochs=3)
     assert huge == plain
+
+
+# -- what --resume restores besides the weights -----------------------------------------------
+
+
+def _momentum(state):
+    buffers = state["optimizer_states"][0]["state"]
+    first = next(iter(buffers))
+    buffers[first]["momentum_buffer"].view(-1)[0] = float("nan")
+    return f"optimizer_states[0]['state'][{first!r}]['momentum_buffer'] is not finite"
+
+
+def _lr(state):
+    state["optimizer_states"][0]["param_groups"][0]["lr"] = float("inf")
+    return "optimizer_states[0]['param_groups'][0]['lr'] is not finite"
+
+
+def _base_lr(state):
+    state["lr_schedulers"][0]["base_lrs"][1] = float("nan")
+    return "lr_schedulers[0]['base_lrs'][1] is not finite"
+
+
+def _deep(state):
+    nested: list = []
+    for _ in range(3000):  # torch.save writes it with a raised recursion limit (below); torch.load reads it with none
+        nested = [nested]
+    state["lr_schedulers"] = nested
+    return "lr_schedulers is nested too deeply"
+
+
+@pytest.mark.parametrize("damage", [_momentum, _lr, _base_lr, _deep], ids=["NaN momentum", "inf lr", "NaN base lr", "deep nesting"])
+def test_resume_refuses_an_optimizer_state_that_is_not_finite(damage, run, tmp_path, capsys):
+    folder = tmp_path / "damaged"
+    (folder / "checkpoints").mkdir(parents=True)
+    shutil.copy(run[0] / "config.yaml", folder / "config.yaml")
+    file = folder / "checkpoints" / "last.ckpt"
+    state = _state(run)
+    for buffer in state["optimizer_states"][0]["state"].values():
+        buffer["momentum_buffer"] = buffer["momentum_buffer"].contiguous()
+    expected = damage(state)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(50_000)
+    try:
+        torch.save(state, file)
+    finally:
+        sys.setrecursionlimit(limit)
+    _one_line_exit_2(capsys, ["train", "--out", str(folder), "--resume", "--quiet"], file, expected)
+
+
+def test_a_sound_checkpoint_resumes_and_lightning_reads_it_with_weights_only(run, tmp_path, monkeypatch):
+    """The control of the resume cases: the same checkpoint continues, and no read of it may unpickle objects."""
+    folder = tmp_path / "good"
+    shutil.copytree(run[0], folder)
+    real, calls = torch.load, []
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording)
+    assert main(["train", "--out", str(folder), "--resume", "--epochs", "2", "--quiet"]) == 0
+    assert len(calls) >= 2 and all(w is True for w in calls), calls  # ours, then Lightning's
+    steps = _state(run)["global_step"]
+    assert real(folder / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * steps  # it trained epoch 2

@@ -26,6 +26,7 @@ This module does not import Lightning: ``import simsiam`` stays light.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import warnings
 from pathlib import Path
@@ -136,6 +137,30 @@ def check_weights_fit(path: str | Path, saved: dict[str, Any], model_state: dict
         problem = tensor_problem(saved[key], want)
         if problem:
             raise CheckpointError(f"{path}: weight {key} {problem}")
+
+
+def check_training_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Raise CheckpointError unless every number of the optimizer and lr schedule that ``--resume`` restores is finite.
+
+    A NaN momentum buffer or learning rate would make the first step after resuming
+    NaN; the error names the file and where in it the value is.
+    """
+    for key in ("optimizer_states", "lr_schedulers"):
+        try:
+            where = _first_not_finite(state.get(key), key)
+        except RecursionError:
+            raise CheckpointError(f"{path}: {key} is nested too deeply to be an optimizer's state") from None
+        if where:
+            raise CheckpointError(f"{path}: {where} is not finite (NaN or infinite); --resume would continue from it")
+
+
+def _first_not_finite(value: Any, where: str) -> str | None:
+    if isinstance(value, torch.Tensor):
+        return where if value.is_floating_point() and not bool(torch.isfinite(value).all()) else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    return next((w for k, v in items if (w := _first_not_finite(v, f"{where}[{k!r}]"))), None)
 
 
 def tensor_problem(value: Any, want: torch.Tensor) -> str | None:

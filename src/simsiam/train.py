@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from . import data as data_module
 from .batches import Batches, BatchSource, ShardedBatches
 from .callbacks import EpochReport, ExactResume, GracefulStop, OnlineKnn
-from .checkpoint import config_of, read_checkpoint
+from .checkpoint import check_training_state, config_of, read_checkpoint
 from .config import TrainConfig, resolve, resume_config, save_yaml
 from .config_file import load_yaml
 from .data import ImageSet
@@ -110,6 +110,7 @@ def _continue(run: RunFolder, cfg: TrainConfig, given: dict[str, Any]) -> tuple[
     if run.has_run:
         state = read_checkpoint(run.last_checkpoint)
         saved = config_of(run.last_checkpoint, state)  # weights that fit, before minutes of decoding images
+        check_training_state(run.last_checkpoint, state)  # and an optimizer that does not make the next step NaN
         resumed = _Resumed(run.last_checkpoint, int(state.get("global_step", 0)))
         del state  # Lightning reads the file again; do not hold two copies
     else:
@@ -339,6 +340,9 @@ class _TrainingImages(L.LightningDataModule):
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's TorchCheckpointIO with an atomic, fsync'ed write to local paths (:func:`simsiam.io.save_torch_atomic`).
 
+    It reads with ``weights_only=True`` (nothing in a checkpoint runs code), after
+    :func:`simsiam.checkpoint.read_checkpoint` has checked the same file.
+
     >>> trainer = L.Trainer(plugins=[AtomicCheckpointIO()], logger=False, enable_progress_bar=False)
     """
 
@@ -355,6 +359,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except OSError as e:
             kept = "the previous checkpoint there is kept" if had_previous else "no checkpoint was written"
             raise CheckpointError(f"{path}: cannot save the checkpoint ({e.strerror or e}); {kept}") from e
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's read of the file --resume continues from: tensors and plain values only, whatever torch's default."""
+        options = {} if map_location is None else {"map_location": map_location}  # else Lightning's own default
+        return super().load_checkpoint(path, weights_only=True, **options)
 
 
 @contextlib.contextmanager
