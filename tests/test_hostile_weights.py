@@ -23,7 +23,7 @@ import torch
 from simsiam.checkpoint import load_checkpoint
 from simsiam.cli import main
 from simsiam.errors import CheckpointError
-from simsiam.evaluate import dense_labels, knn_accuracy, linear_probe
+from simsiam.evaluate import dense_labels, knn_accuracy, knn_predict, linear_probe
 
 from .conftest import TINY, write_class_folder
 
@@ -415,3 +415,10 @@ def test_a_sound_checkpoint_resumes_and_lightning_reads_it_with_weights_only(run
     assert len(calls) >= 2 and all(w is True for w in calls), calls  # ours, then Lightning's
     steps = _state(run)["global_step"]
     assert real(folder / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * steps  # it trained epoch 2
+
+
+@pytest.mark.parametrize("labels, num_classes", [([0, -1], None), ([0, 5], 3)])
+def test_knn_predict_refuses_labels_that_are_not_score_columns(labels, num_classes):
+    feats = torch.randn(2, 4)
+    with pytest.raises(ValueError, match=r"train_labels must be in \[0, \d+\).*dense_labels"):
+        knn_predict(feats, torch.tensor(labels), feats, num_classes, k=1)

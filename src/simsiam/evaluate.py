@@ -121,9 +121,13 @@ def knn_predict(
     """Class scores (M, C) from a similarity-weighted kNN vote (InstDisc's rule).
 
     Features are l2-normalised; each of the k nearest training samples (cosine
-    similarity s) votes for its class with weight exp(s / temperature).
+    similarity s) votes for its class with weight exp(s / temperature). Labels are
+    the score columns, 0..C-1; :func:`knn_accuracy` renumbers any integers first (:func:`dense_labels`).
     """
     num_classes = int(train_labels.max()) + 1 if num_classes is None else num_classes
+    if len(train_labels) and not (0 <= int(train_labels.min()) and int(train_labels.max()) < num_classes):
+        raise ValueError(f"train_labels must be in [0, {num_classes}), got {int(train_labels.min())}..{int(train_labels.max())}; "
+                         "renumber them with dense_labels")  # fmt: skip
     train = F.normalize(train_features.float(), dim=1)  # (N, D)
     labels = train_labels.to(train.device)
     k = min(k, train.shape[0])
