@@ -160,6 +160,23 @@ def _evil(kind: str, file: Path, marker: Path, good: Path) -> None:
         torch.save({"state_dict": {}, "hyper_parameters": [1, 2]}, file)
     elif kind == "a tensor":
         torch.save(torch.zeros(3), file)
+    elif kind == "a tensor that declares 64 GiB":
+        _declare_huge(file)
+
+
+def _declare_huge(file: Path) -> None:
+    """A torch zip whose pickle says its 4-value tensor and storage hold 2**34 values: nothing may allocate that."""
+    torch.save({"w": torch.zeros(4)}, file)
+    with zipfile.ZipFile(file) as z:
+        records = {name: z.read(name) for name in z.namelist()}
+    huge = b"\x8a\x05" + (2**34).to_bytes(5, "little")  # LONG1: 2**34
+    name = next(n for n in records if n.endswith("data.pkl"))
+    pickled = records[name]
+    assert pickled.count(b"K\x04") == 2  # the storage's size and the shape (BININT1 4)
+    records[name] = pickled.replace(b"K\x04", huge)
+    with zipfile.ZipFile(file, "w") as z:
+        for key, blob in records.items():
+            z.writestr(key, blob)
 
 
 FILES = {
@@ -175,6 +192,7 @@ FILES = {
     "a bare state_dict": "not a simsiam checkpoint (no simsiam config and weights in it) (backbone.pt holds backbone weights only",
     "hyper_parameters not a mapping": "not a simsiam checkpoint (no simsiam config and weights in it)",
     "a tensor": "not a simsiam checkpoint (no simsiam config and weights in it)",
+    "a tensor that declares 64 GiB": "the checkpoint is corrupt or truncated",
 }
 
 

@@ -10,7 +10,11 @@ Reading goes through :func:`read_checkpoint`, which turns every way a file can
 be wrong (missing, truncated, not a checkpoint, a checkpoint of some other
 model) into one :class:`CheckpointError` that names the file, and
 :func:`load_checkpoint` rebuilds the trained SimSiam from it: the one way
-evaluation, exploration and export get a model. A run folder stands for its
+evaluation, exploration and export get a model. Nothing in a checkpoint is
+trusted: its stored config passes the same schema and checks as the flags of
+``simsiam train`` (:func:`stored_config`), and its weights must be the model's,
+tensor by tensor: names, kind of numbers, shapes, all finite
+(:func:`check_weights_fit`, which ``train --resume`` goes through too). A run folder stands for its
 ``checkpoints/last.ckpt``, the final epoch, the figure the evaluation
 conventions report. Checkpoints of the previous layout of the model (backbone
 and projector beside the predictor, before the encoder f had its own module)
