@@ -63,7 +63,7 @@ def layered(flags: dict[str, Any], file: dict[str, Any] | None = None, file_name
     cfg = TrainConfig.from_dict(file, base=cfg, where=file_name)
     names.update({key: f"{file_name}: {key}" for key in flatten(file)})
     cfg = TrainConfig.from_dict(nest(flags), base=cfg, where="options")
-    names.update({key: flag_of(TrainConfig, key) or key for key in flags})
+    names.update({key: flag_of(TrainConfig, key) or ("DATA" if key == "data" else key) for key in flags})
     return cfg, names
 
 

@@ -92,7 +92,8 @@ def extract_features(
             batch = centre_crop(batch, crop)
             if buffer is None or buffer.shape[1:] != batch.shape[1:]:
                 layout = torch.channels_last if channels_last else torch.contiguous_format
-                buffer = torch.empty((batch_size, *batch.shape[1:]), device=device, memory_format=layout)
+                rows = min(batch_size, images.shape[0])  # never a buffer for more images than there are
+                buffer = torch.empty((rows, *batch.shape[1:]), device=device, memory_format=layout)
             x = normalize_images(batch, mean, std, out=buffer[: batch.shape[0]])
             with autocast:
                 out.append(model.features(x).float())
@@ -121,7 +122,8 @@ def knn_predict(
     """Class scores (M, C) from a similarity-weighted kNN vote (InstDisc's rule).
 
     Features are l2-normalised; each of the k nearest training samples (cosine
-    similarity s) votes for its class with weight exp(s / temperature).
+    similarity s) votes for its class with weight exp(s / temperature), scaled per
+    query by exp(-s_max / temperature) so that no temperature overflows.
     """
     num_classes = int(train_labels.max()) + 1 if num_classes is None else num_classes
     train = F.normalize(train_features.float(), dim=1)  # (N, D)
@@ -131,7 +133,8 @@ def knn_predict(
     for start in range(0, test_features.shape[0], chunk_size):
         test = F.normalize(test_features[start : start + chunk_size].float().to(train.device), dim=1)  # (m, D)
         sim, idx = (test @ train.T).topk(k, dim=1)  # (m, k)
-        weights = (sim / temperature).exp()
+        # exp((s - s_max) / T): the same vote, scaled per query, that cannot overflow for a small T
+        weights = ((sim - sim[:, :1]) / temperature).exp()
         votes = torch.zeros(test.shape[0], num_classes, device=train.device)
         votes.scatter_add_(1, labels[idx], weights)
         scores.append(votes)
