@@ -27,9 +27,10 @@ FLAG_VALUES = ["0", "-1", str(10**18), "1" + "0" * 400, "1e400", "nan", "inf", "
 # string, a string, a list, a mapping, a bool and null.
 YAML_VALUES = [0, -1, 10**18, 10**400, 1.5, math.nan, math.inf, -math.inf, "", "abc", [1], [], {"a": 1}, True, None]
 # 10**18 and more is no legitimate count, size, rate or seed: refused, except where a huge value means
-# something (a temperature that makes every vote equal, "map all the images") or is a name (a path).
+# something (a temperature that makes every vote equal, "map all the images"), is a name (a path), or
+# is caught as it happens: a learning rate that diverges stops training in one line (test_reliability.py).
 HUGE = (str(10**18), "1" + "0" * 400, 10**18, 10**400)
-HUGE_MEANS_SOMETHING = {"--knn-temperature", "knn_temperature", "--max-images"}
+HUGE_MEANS_SOMETHING = {"--knn-temperature", "knn_temperature", "--max-images", "--lr", "optim.base_lr"}
 PATH_OPTIONS = {"--out", "--val", "--config", "--train", "--test", "--query"}
 REACHED = "stopped where DATA is read"
 MISSING_CHECKPOINT = "missing-run/checkpoints/last.ckpt"
@@ -205,7 +206,7 @@ def test_config_file_errors_name_the_file_then_the_dotted_key(sweep, tmp_path, c
         (["--proj-dim", "16385"], "--proj-dim: must be at most 16384, got 16385"),
         (["--proj-layers", "17"], "--proj-layers: must be at most 16, got 17"),
         (["--devices", "1025"], "--devices: must be at most 1024, got 1025"),
-        (["--lr", "101"], "--lr: must be at most 100, got 101.0"),
+        (["--lr", "0"], "--lr: must be positive, got 0.0"),
         (["--lr", "1e400"], "--lr: must be a finite number, got inf"),
         (["--weight-decay", "2"], "--weight-decay: must be at most 1, got 2.0"),
         (["--val", "a-file.txt/inside"], "--val: a-file.txt/inside: Not a directory"),
@@ -224,7 +225,7 @@ def test_a_bound_or_a_path_is_one_exact_line(sweep, capsys, argv, line):
 def test_the_largest_values_allowed_pass(sweep):
     """The bounds are not off by one: each limit itself is accepted."""
     largest = ["--epochs=100000", "--batch-size=65536", "--proj-dim=16384", "--proj-layers=16", "--pred-hidden-dim=16384",
-               "--devices=1024", "--num-nodes=1024", "--lr=100", "--weight-decay=1", "--knn-k=100000", "--image-size=1024"]  # fmt: skip
+               "--devices=1024", "--num-nodes=1024", "--lr=1e300", "--weight-decay=1", "--knn-k=100000", "--image-size=1024"]  # fmt: skip
     for flag in largest:
         assert sweep([*TRAIN, flag], (), REACHED) == "accepted", flag
     assert sweep(_argv("neighbors", "--k=64", "--num-queries=64", "--seed=4294967295"), (), "no such checkpoint") == "accepted"

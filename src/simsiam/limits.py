@@ -18,7 +18,7 @@ MAX_BATCH = 1 << 16
 MAX_KNN_K = 100_000
 MAX_PROCESSES = 1024  # per node, and nodes
 MAX_STEPS = 10**9
-MAX_LR = 100.0
+MAX_LR = 100.0  # the linear probe's; training's --lr has none (a diverging run stops in one line)
 MAX_WIDTH = 1 << 14  # widest MLP layer: 16384 x 16384 float32 weights are 1 GiB (the paper's are 2048)
 MAX_LAYERS = 16  # the paper's projector has 2 or 3
 

@@ -14,10 +14,10 @@ from typing import Any
 
 from .augment import AugmentConfig
 from .errors import ConfigError
-from .limits import MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_KNN_K, MAX_LR, MAX_PROCESSES, MAX_STEPS, existing_path, output_problem
+from .limits import MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_KNN_K, MAX_PROCESSES, MAX_STEPS, existing_path, output_problem
 from .loss import LOSSES
 from .model import ModelConfig
-from .options import at_least, in_range, option, positive, positive_up_to, to_dict, update
+from .options import at_least, in_range, option, positive, to_dict, update
 from .recipes import RECIPES
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -62,7 +62,7 @@ class OptimConfig:
     base_lr: float | None = option(
         None,
         flag="--lr",
-        check=positive_up_to(MAX_LR),
+        check=positive,  # no bound above: a learning rate that diverges is one line when the loss turns non-finite
         help="base learning rate; the lr is base_lr x batch / 256 (default: 0.03 for small images, else 0.05)",
     )
     weight_decay: float | None = option(
