@@ -191,6 +191,7 @@ def test_config_file_errors_name_the_file_then_the_dotted_key(sweep, tmp_path, c
         "proj_layers, small_images, stop_gradient, zero_init_residual)",
         "recipe: [cifar10]\n": "recipe: unknown recipe ['cifar10']; choose one of cifar10, imagenet, demo, cpu",
         "epochs: 1000001\n": "epochs: must be at most 100000, got 1000001",
+        f"optim:\n  weight_decay: -{10**400}\n": "optim.weight_decay: must be a finite number, got -1" + "0" * 55 + "...",
     }
     for text, why in cases.items():
         file.write_text(text)

@@ -286,6 +286,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check ``value`` against a field's type hint; ints may stand for floats, lists for tuples."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
+        if float in typing.get_args(hint) and _too_large_for_float(value):
+            return _coerce(value, float, where)  # its own line: a number, but too large, rather than "expected float or null"
         for choice in typing.get_args(hint):
             try:
                 return _coerce(value, choice, where)
@@ -311,7 +313,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return value
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if isinstance(value, int) and abs(value) > _LARGEST_FLOAT:
+            if _too_large_for_float(value):
                 raise ConfigError(f"{where}: must be a finite number, got {_short(value)}")
             return float(value)
     elif hint is str:
@@ -321,6 +323,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 
 _LARGEST_FLOAT = int(sys.float_info.max)
+
+
+def _too_large_for_float(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) > _LARGEST_FLOAT
 
 
 def _short(value: Any) -> str:
