@@ -247,6 +247,20 @@ def test_a_typo_is_refused_before_data_is_read_and_leaves_nothing(tmp_path, monk
     assert not calls and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--backbone", "vit_b_16", "--image-size", "100"], "--image-size: vit_b_16 cuts images into 16x16 patches: the image size must be a multiple of 16, got 100; choose another --image-size or --backbone"),
+        (["--backbone", "vit_b_16", "--image-size", "64", "--channels", "4"], None),  # a size it takes, whatever the channels
+        (["--backbone", "resnet10-tiny", "--image-size", "8"], None),
+    ],
+)  # fmt: skip
+def test_the_networks_are_checked_against_image_size_before_data(sweep, capsys, argv, line):
+    """With --image-size given, a backbone that cannot take it is refused before DATA is decoded (on the meta device)."""
+    assert main([*TRAIN, *argv]) == 2
+    assert capsys.readouterr().err == f"simsiam train: error: {line or REACHED}\n"
+
+
 def test_commands_check_their_options_before_the_checkpoint(tmp_path, monkeypatch, capsys):
     """A bad --out or DATA is named even when the checkpoint is not there: nothing is read first."""
     monkeypatch.chdir(tmp_path)
