@@ -26,17 +26,8 @@ from .options import flag_of, flatten, get, nest, resumable_keys, validate
 from .recipes import RECIPES, default_recipe, recipe
 from .schema import ACCELERATORS, COMPILE_MODES, MAX_IMAGE_SIZE, PRECISIONS, OptimConfig, TrainConfig
 
-__all__ = [
-    "layered",
-    "check",
-    "check_networks",
-    "resume_config",
-    "resolve",
-    "cpu_has_bf16_units",
-    "cpu_bf16_trains",
-    "save_yaml",
-    "ConfigError",
-]
+__all__ = ["layered", "check", "resume_config", "resolve", "cpu_has_bf16_units", "cpu_bf16_trains", "save_yaml", "ConfigError"]
+__all__ += ["check_networks"]
 # Re-exported from where they are defined: the schema, the recipes, and the reading of config files.
 __all__ += ["TrainConfig", "OptimConfig", "ModelConfig", "AugmentConfig", "COMPILE_MODES", "PRECISIONS", "ACCELERATORS", "MAX_IMAGE_SIZE"]
 __all__ += ["RECIPES", "recipe", "default_recipe", "load_yaml", "MAX_CONFIG_BYTES"]

@@ -122,8 +122,7 @@ def knn_predict(
     """Class scores (M, C) from a similarity-weighted kNN vote (InstDisc's rule).
 
     Features are l2-normalised; each of the k nearest training samples (cosine
-    similarity s) votes for its class with weight exp(s / temperature), scaled per
-    query by exp(-s_max / temperature) so that no temperature overflows.
+    similarity s) votes for its class with weight exp(s / temperature).
     """
     num_classes = int(train_labels.max()) + 1 if num_classes is None else num_classes
     train = F.normalize(train_features.float(), dim=1)  # (N, D)
@@ -133,7 +132,7 @@ def knn_predict(
     for start in range(0, test_features.shape[0], chunk_size):
         test = F.normalize(test_features[start : start + chunk_size].float().to(train.device), dim=1)  # (m, D)
         sim, idx = (test @ train.T).topk(k, dim=1)  # (m, k)
-        # exp((s - s_max) / T): the same vote, scaled per query, that cannot overflow for a small T
+        # exp((s - s_max) / T): the same vote scaled per query, which cannot overflow at a small T
         weights = ((sim - sim[:, :1]) / temperature).exp()
         votes = torch.zeros(test.shape[0], num_classes, device=train.device)
         votes.scatter_add_(1, labels[idx], weights)
