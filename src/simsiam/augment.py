@@ -60,22 +60,22 @@ class AugmentConfig:
         0.2, flag="--min-scale", check=in_range(0, 1, low_open=True), help="smallest crop area, as a fraction of the image"
     )
     max_scale: float = option(1.0, check=in_range(0, 1, low_open=True), help="largest crop area, as a fraction of the image")
-    ratio: tuple[float, float] = option((3 / 4, 4 / 3), check=increasing_pair(), help="range of the crop's aspect ratio")
+    ratio: tuple[float, float] = option((3 / 4, 4 / 3), check=increasing_pair(0, 100), help="range of the crop's aspect ratio")
     hflip_p: float = option(0.5, check=probability, help="horizontal flip probability")
     vflip_p: float = option(
         0.0, flag="--vflip", metavar="P", check=probability, help="vertical flip probability, for data with no canonical orientation"
     )
     rotate: str = option("none", flag="--rotate", choices=ROTATIONS, help="random rotation, for data with no canonical orientation")
     jitter_p: float = option(0.8, check=probability, help="colour jitter probability")
-    brightness: float = option(0.4, check=at_least(0), help="brightness jitter strength")
-    contrast: float = option(0.4, check=at_least(0), help="contrast jitter strength")
-    saturation: float = option(0.4, check=at_least(0), help="saturation jitter strength")
+    brightness: float = option(0.4, check=at_least(0, 10), help="brightness jitter strength")
+    contrast: float = option(0.4, check=at_least(0, 10), help="contrast jitter strength")
+    saturation: float = option(0.4, check=at_least(0, 10), help="saturation jitter strength")
     hue: float = option(0.1, check=in_range(0, 0.5), help="hue jitter strength, in turns")
     grayscale_p: float = option(0.2, check=probability, help="grayscale probability")
     blur_p: float | None = option(
         None, flag="--blur", metavar="P", check=probability, help="Gaussian blur probability (default: 0.5 above 64 px, 0 for small images)"
     )
-    blur_sigma: tuple[float, float] = option((0.1, 2.0), check=increasing_pair(), help="range of the blur's sigma, in pixels")
+    blur_sigma: tuple[float, float] = option((0.1, 2.0), check=increasing_pair(0.001, 100), help="range of the blur's sigma, in pixels")
     solarize_p: float = option(0.0, flag="--solarize", metavar="P", check=probability, help="solarization probability")
 
     def cross_checks(self):

@@ -13,12 +13,12 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from .commands import EMBED_EXTENSIONS, EVAL_EXTENSIONS, FIGURE_EXTENSIONS, MINIMUMS, POSITIVE, add_commands
+from .commands import EMBED_EXTENSIONS, EVAL_EXTENSIONS, FIGURE_EXTENSIONS, POSITIVE, RANGES, add_commands
 from .errors import ConfigError, SimSiamError, TrainingInterrupted
 
 __all__ = ["main", "build_parser", "train_config"]
 # The commands that read a checkpoint live in simsiam.commands; their constants are re-exported here.
-__all__ += ["EVAL_EXTENSIONS", "EMBED_EXTENSIONS", "FIGURE_EXTENSIONS", "MINIMUMS", "POSITIVE"]
+__all__ += ["EVAL_EXTENSIONS", "EMBED_EXTENSIONS", "FIGURE_EXTENSIONS", "RANGES", "POSITIVE"]
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +47,7 @@ def train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[st
     """
     import torch
 
-    from .config import TrainConfig, check, layered
+    from .config import TrainConfig, check, check_networks, layered
     from .config_file import load_yaml
     from .options import flatten, given_flags
     from .recipes import default_recipe
@@ -55,14 +55,18 @@ def train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[st
     flags = given_flags(args, TrainConfig)
     if args.data is not None:
         flags["data"] = args.data
-    _check_printable(flags.get("out"), "--out")
-    file_values = load_yaml(args.config) if args.config else {}
+    try:
+        file_values = load_yaml(args.config) if args.config is not None else {}
+    except ConfigError as e:  # the file itself: missing, unreadable, not YAML (its keys are named below, with the file)
+        raise e.named("--config") from None
     on_gpu = flags.get("accelerator", file_values.get("accelerator")) != "cpu" and torch.cuda.is_available()
     if flags.get("accelerator") == "gpu" and not torch.cuda.is_available():
         raise ConfigError("--accelerator: gpu asked for, but no CUDA GPU is available")
     auto, note = (None, None) if args.resume else default_recipe({**flatten(file_values), **flags}, on_gpu)
     cfg, names = layered(flags, file_values, args.config or "config", auto_recipe=auto)
     check(cfg, names)
+    if not args.resume:
+        check_networks(cfg, names)  # with --image-size known, before DATA is decoded
     return cfg, flags, names, note
 
 
@@ -80,16 +84,6 @@ def _train(args: argparse.Namespace) -> int:
         raise e.named(names.get(e.key) or e.key) if e.key else e from None
     rank_zero_only(_print_result)(result)
     return 0
-
-
-def _check_printable(path: str | None, option: str) -> None:
-    """Refuse a path that is not valid UTF-8 up front: TensorBoard, YAML and the log lines all need text."""
-    if path is not None:
-        try:
-            path.encode("utf-8")
-        except UnicodeEncodeError:
-            shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            raise ConfigError(f"{option}: {shown} is not valid UTF-8; choose a folder name in UTF-8") from None
 
 
 def _print_result(result: dict[str, Any]) -> None:

@@ -10,11 +10,15 @@ imported when a command runs, so that ``simsiam --help`` stays quick.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .io import show_path
+from .limits import MAX_BATCH, MAX_EPOCHS, MAX_KNN_K, MAX_LR, existing_path, output_problem, path_problem
+from .options import at_least, positive_up_to
 
 EVAL_EXTENSIONS = (".json",)
 EMBED_EXTENSIONS = (".parquet", ".npz")
@@ -130,36 +134,65 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_export)
 
 
-# The smallest value each numeric option of these commands takes: {dest: (flag, minimum)}.
-MINIMUMS = {
-    "batch_size": ("--batch-size", 1), "knn_k": ("--knn-k", 1), "linear_epochs": ("--linear-epochs", 1), "k": ("--k", 1),
-    "num_queries": ("--num-queries", 1), "grid": ("--grid", 2), "max_images": ("--max-images", 2), "opset": ("--opset", 7),
+# The range of each numeric option of these commands, {dest: (flag, lowest, highest)}: values past
+# these make a figure of thousands of panels, a buffer of a billion images or a loop without end.
+RANGES = {
+    "batch_size": ("--batch-size", 1, MAX_BATCH), "knn_k": ("--knn-k", 1, MAX_KNN_K), "linear_epochs": ("--linear-epochs", 1, MAX_EPOCHS),
+    "k": ("--k", 1, 64), "num_queries": ("--num-queries", 1, 64), "grid": ("--grid", 2, 100), "max_images": ("--max-images", 2, math.inf),
+    "seed": ("--seed", 0, 2**32 - 1), "opset": ("--opset", 7, None), "knn_temperature": ("--knn-temperature", 0, math.inf),
+    "linear_lr": ("--linear-lr", 0, MAX_LR),
 }  # fmt: skip
-POSITIVE = {"knn_temperature": "--knn-temperature", "linear_lr": "--linear-lr"}
+POSITIVE = ("knn_temperature", "linear_lr")  # above 0, not at it
+PATHS = {"checkpoint": "CHECKPOINT", "data": "DATA", "train": "--train", "test": "--test"}
 
 
-def _check_numbers(args: argparse.Namespace) -> None:
-    import math
+def _check_options(args: argparse.Namespace, suffixes: tuple[str, ...]) -> None:
+    """Every number, path and --out of a command, before a checkpoint or an image is read; ConfigError names the option."""
+    for dest, (flag, low, high) in RANGES.items():
+        if not hasattr(args, dest):
+            continue
+        value = getattr(args, dest)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{flag}: must be a finite number, got {value}")
+        high = _highest_opset() if high is None else high
+        if problem := (positive_up_to(high) if dest in POSITIVE else at_least(low, high))(value):
+            raise ConfigError(f"{flag}: {problem}")
+    for dest, name in PATHS.items():
+        value = getattr(args, dest, None)
+        # A missing checkpoint is resolve_checkpoint's to say (it names what it looked for).
+        if value is not None and (problem := path_problem(value) if dest == "checkpoint" else existing_path(value)):
+            raise ConfigError(f"{name}: {problem}")
+    for query in getattr(args, "query", None) or ():
+        if problem := existing_path(query) or (None if Path(query).is_file() else f"{show_path(query)} is a folder, not an image file"):
+            raise ConfigError(f"--query: {problem}")
+    if args.out is not None:
+        _check_out(Path(args.out), suffixes, output_problem(args.out, folder=False))
 
-    for dest, (flag, minimum) in MINIMUMS.items():
-        if getattr(args, dest, minimum) < minimum:
-            raise ConfigError(f"{flag}: must be at least {minimum}, got {getattr(args, dest)}")
-    for dest, flag in POSITIVE.items():
-        value = getattr(args, dest, 1.0)
-        if not (value > 0 and math.isfinite(value)):
-            raise ConfigError(f"{flag}: must be a positive number, got {value}")
+
+def _highest_opset() -> int:
+    try:
+        from torch.onnx import _constants  # private: what this torch can export
+
+        return int(_constants.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError, ValueError):
+        return 17
+
+
+def _check_out(out: Path, suffixes: tuple[str, ...], problem: str | None = None) -> Path:
+    if problem:
+        raise ConfigError(f"--out: {problem}")
+    if out.suffix.lower() not in suffixes:
+        raise ConfigError(f"--out: {show_path(out)} must end in {' or '.join(suffixes)}")
+    if out.is_dir():
+        raise ConfigError(f"--out: {show_path(out)} is a folder; give a file name")
+    return out
 
 
 def _output(args: argparse.Namespace, file: Path, default_name: str, suffixes: tuple[str, ...]) -> Path:
-    """--out, or ``default_name`` in the run folder; the suffix checked before any work is done."""
+    """--out (checked already), or ``default_name`` in the run folder."""
     from .run_folder import RunFolder
 
-    out = Path(args.out) if args.out else RunFolder.of_checkpoint(file).path / default_name
-    if out.suffix.lower() not in suffixes:
-        raise ConfigError(f"--out: {out} must end in {' or '.join(suffixes)}")
-    if out.is_dir():
-        raise ConfigError(f"--out: {out} is a folder; give a file name")
-    return out
+    return Path(args.out) if args.out is not None else _check_out(RunFolder.of_checkpoint(file).path / default_name, suffixes)
 
 
 def _device(accelerator: str) -> Any:
@@ -174,7 +207,7 @@ def _open(args: argparse.Namespace, default_name: str | Callable[[Any], str], su
     """What every command that reads a checkpoint starts with: checked options, the model, its config, its file, the output path."""
     from .checkpoint import load_checkpoint, resolve_checkpoint
 
-    _check_numbers(args)
+    _check_options(args, suffixes)
     _device(getattr(args, "accelerator", "cpu"))  # --accelerator gpu without a GPU fails before any work
     file = resolve_checkpoint(args.checkpoint)
     model, cfg = load_checkpoint(file)

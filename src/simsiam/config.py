@@ -27,6 +27,7 @@ from .recipes import RECIPES, default_recipe, recipe
 from .schema import ACCELERATORS, COMPILE_MODES, MAX_IMAGE_SIZE, PRECISIONS, OptimConfig, TrainConfig
 
 __all__ = ["layered", "check", "resume_config", "resolve", "cpu_has_bf16_units", "cpu_bf16_trains", "save_yaml", "ConfigError"]
+__all__ += ["check_networks"]
 # Re-exported from where they are defined: the schema, the recipes, and the reading of config files.
 __all__ += ["TrainConfig", "OptimConfig", "ModelConfig", "AugmentConfig", "COMPILE_MODES", "PRECISIONS", "ACCELERATORS", "MAX_IMAGE_SIZE"]
 __all__ += ["RECIPES", "recipe", "default_recipe", "load_yaml", "MAX_CONFIG_BYTES"]
@@ -63,7 +64,7 @@ def layered(flags: dict[str, Any], file: dict[str, Any] | None = None, file_name
     cfg = TrainConfig.from_dict(file, base=cfg, where=file_name)
     names.update({key: f"{file_name}: {key}" for key in flatten(file)})
     cfg = TrainConfig.from_dict(nest(flags), base=cfg, where="options")
-    names.update({key: flag_of(TrainConfig, key) or key for key in flags})
+    names.update({key: flag_of(TrainConfig, key) or ("DATA" if key == "data" else key) for key in flags})
     return cfg, names
 
 
@@ -156,6 +157,16 @@ def resolve(
     check(cfg, names)
     _check_networks(cfg, names or {}, size_from_data)
     return cfg
+
+
+def check_networks(cfg: TrainConfig, names: dict[str, str] | None = None) -> None:
+    """With --image-size set, whether the networks take it, as :func:`resolve` checks, but before DATA is decoded.
+
+    Channels are the config's, else 3: what a backbone refuses is a size, whatever the channels.
+    """
+    if cfg.image_size is not None:
+        model = cfg.model.resolved(cfg.image_size, cfg.model.channels)
+        _check_networks(dataclasses.replace(cfg, model=model), names or {}, size_from_data=False)
 
 
 def _check_networks(cfg: TrainConfig, names: dict[str, str], size_from_data: bool) -> None:

@@ -30,6 +30,8 @@ class _PlainLoader(yaml.SafeLoader):
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A config file's mapping; anything else (missing, too big, not YAML, aliases) is one ConfigError naming it."""
+    if not str(path):  # Path("") would be the current folder
+        raise ConfigError("the config file name is empty")
     path = Path(path)
     try:
         if not path.is_file():

@@ -92,7 +92,8 @@ def extract_features(
             batch = centre_crop(batch, crop)
             if buffer is None or buffer.shape[1:] != batch.shape[1:]:
                 layout = torch.channels_last if channels_last else torch.contiguous_format
-                buffer = torch.empty((batch_size, *batch.shape[1:]), device=device, memory_format=layout)
+                rows = min(batch_size, images.shape[0])  # never a buffer for more images than there are
+                buffer = torch.empty((rows, *batch.shape[1:]), device=device, memory_format=layout)
             x = normalize_images(batch, mean, std, out=buffer[: batch.shape[0]])
             with autocast:
                 out.append(model.features(x).float())
@@ -135,7 +136,8 @@ def knn_predict(
     for start in range(0, test_features.shape[0], chunk_size):
         test = F.normalize(test_features[start : start + chunk_size].float().to(train.device), dim=1)  # (m, D)
         sim, idx = (test @ train.T).topk(k, dim=1)  # (m, k)
-        weights = (sim / temperature).exp()
+        # exp((s - s_max) / T): the same vote scaled per query, which cannot overflow at a small T
+        weights = ((sim - sim[:, :1]) / temperature).exp()
         votes = torch.zeros(test.shape[0], num_classes, device=train.device)
         votes.scatter_add_(1, labels[idx], weights)
         scores.append(votes)

@@ -36,6 +36,7 @@ import torch.nn as nn
 
 from .backbones import MODULE, BackboneInfo, adopt, build, build_backbone, has_small_stem, name_problem, zero_init_residual
 from .errors import ConfigError
+from .limits import MAX_LAYERS, MAX_WIDTH
 from .options import at_least, in_range, option
 
 __all__ = ["BackboneInfo", "Encoder", "ModelConfig", "PredictionHead", "ProjectionHead", "SimSiam", "build_backbone"]
@@ -62,17 +63,22 @@ class ModelConfig:
         check=in_range(1, 512),  # 512: the most bands a file may hold (simsiam.stacks.MAX_CHANNELS)
         help="image channels C, taken by the backbone's first convolution (default: the data's; 3 for RGB; 1 reads images as grey)",
     )
-    proj_dim: int = option(2048, flag="--proj-dim", check=at_least(1), help="output width d of the projection MLP (and of the predictor)")
+    proj_dim: int = option(
+        2048, flag="--proj-dim", check=at_least(1, MAX_WIDTH), help="output width d of the projection MLP (and of the predictor)"
+    )
     proj_hidden_dim: int | None = option(
-        None, flag="--proj-hidden-dim", check=at_least(1), help="hidden width of the projection MLP (default: --proj-dim)"
+        None, flag="--proj-hidden-dim", check=at_least(1, MAX_WIDTH), help="hidden width of the projection MLP (default: --proj-dim)"
     )
     proj_layers: int | None = option(
-        None, flag="--proj-layers", check=at_least(1), help="layers of the projection MLP (default: 2 for small images as on CIFAR, else 3)"
+        None,
+        flag="--proj-layers",
+        check=at_least(1, MAX_LAYERS),
+        help="layers of the projection MLP (default: 2 for small images as on CIFAR, else 3)",
     )
     pred_hidden_dim: int | None = option(
         None,
         flag="--pred-hidden-dim",
-        check=at_least(1),
+        check=at_least(1, MAX_WIDTH),
         help="bottleneck width of the predictor h (default: --proj-dim / 4, the paper's 512)",
     )
     zero_init_residual: bool = option(

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -61,12 +63,24 @@ def option(
 # -- checks ----------------------------------------------------------------------------------
 
 
-def at_least(low: float) -> Check:
-    return lambda v: None if v >= low else f"must be at least {low:g}, got {v}"
+def at_least(low: float, high: float = math.inf) -> Check:
+    """``low`` <= v <= ``high`` (no bound above unless given)."""
+
+    def check(v: float) -> str | None:
+        if not v >= low:
+            return f"must be at least {low:g}, got {v}"
+        return None if v <= high else f"must be at most {high:g}, got {v}"
+
+    return check
 
 
 def positive(v: float) -> str | None:
     return None if v > 0 else f"must be positive, got {v}"
+
+
+def positive_up_to(high: float) -> Check:
+    """0 < v <= ``high``."""
+    return lambda v: positive(v) or (None if v <= high else f"must be at most {high:g}, got {v}")
 
 
 def in_range(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Check:
@@ -80,9 +94,10 @@ def in_range(low: float, high: float, low_open: bool = False, high_open: bool = 
 probability = in_range(0, 1)
 
 
-def increasing_pair(low: float = 0) -> Check:
-    """A (low, high) pair with ``low`` < first <= second."""
-    return lambda v: None if low < v[0] <= v[1] else f"need {low:g} < first <= second, got {list(v)}"
+def increasing_pair(low: float = 0, high: float = math.inf) -> Check:
+    """A (low, high) pair with ``low`` < first <= second <= ``high``."""
+    bound = "" if high == math.inf else f" <= {high:g}"
+    return lambda v: None if low < v[0] <= v[1] <= high else f"need {low:g} < first <= second{bound}, got {list(v)}"
 
 
 # -- walking a config ------------------------------------------------------------------------
@@ -90,13 +105,19 @@ def increasing_pair(low: float = 0) -> Check:
 
 def walk(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:
     """(dotted key, field, type hint) of every leaf option of a config class, sections included."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             yield from walk(hint, f"{prefix}{f.name}.")
         else:
             yield f"{prefix}{f.name}", f, hint
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A class's resolved type hints, once: the parser is built from them on every ``simsiam`` command."""
+    return typing.get_type_hints(cls)
 
 
 def get(obj: Any, key: str) -> Any:
@@ -153,7 +174,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
 
     The options of a section (``model``, ``augment``, ...) are listed under its help text.
     """
-    sections = {f.name: f.metadata["help"] for f in dataclasses.fields(cls) if f.name in _sections(cls)}
+    inside = _sections(cls)
+    sections = {f.name: f.metadata["help"] for f in dataclasses.fields(cls) if f.name in inside}
     groups = {name: parser.add_argument_group(text) for name, text in sections.items()}
     for key, f, hint in walk(cls):
         meta = f.metadata
@@ -174,7 +196,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def _sections(cls: type) -> set[str]:
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     return {name for name, hint in hints.items() if isinstance(hint, type) and dataclasses.is_dataclass(hint)}
 
 
@@ -225,21 +247,25 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # -- values from a mapping (YAML, a checkpoint) ----------------------------------------------
 
 
-def update(obj: Any, values: Any, where: str) -> Any:
-    """A copy of dataclass ``obj`` with ``values`` (a nested mapping) applied; unknown keys and wrong types raise."""
+def update(obj: Any, values: Any, where: str, _section: str = "") -> Any:
+    """A copy of dataclass ``obj`` with ``values`` (a nested mapping) applied; unknown keys and wrong types raise.
+
+    ``where`` names the source (a file, a recipe); errors read ``where: dotted.key: why``.
+    """
+    at = f"{where}: {_section[:-1]}" if _section else where
     if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
-    hints = typing.get_type_hints(type(obj))
+        raise ConfigError(f"{at}: expected a mapping, got {_short(values)}")
+    hints = _hints(type(obj))
     known = {f.name for f in dataclasses.fields(obj)}
     changes = {}
     for key, value in values.items():
         if key not in known:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+            raise ConfigError(f"{at}: unknown key {_short(key)} (known: {', '.join(sorted(known))})")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
-            changes[key] = update(current, value, f"{where}.{key}")
+            changes[key] = update(current, value, where, f"{_section}{key}.")
         else:
-            changes[key] = _coerce(value, hints[key], f"{where}.{key}")
+            changes[key] = _coerce(value, hints[key], f"{where}: {_section}{key}")
     return dataclasses.replace(obj, **changes)
 
 
@@ -260,6 +286,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check ``value`` against a field's type hint; ints may stand for floats, lists for tuples."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
+        if float in typing.get_args(hint) and _too_large_for_float(value):
+            return _coerce(value, float, where)  # its own line: a number, but too large, rather than "expected float or null"
         for choice in typing.get_args(hint):
             try:
                 return _coerce(value, choice, where)
@@ -285,11 +313,20 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return value
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if _too_large_for_float(value):
+                raise ConfigError(f"{where}: must be a finite number, got {_short(value)}")
             return float(value)
     elif hint is str:
         if isinstance(value, str):
             return value
     raise ConfigError(f"{where}: expected {_type_name(hint)}, got {_short(value)}")
+
+
+_LARGEST_FLOAT = int(sys.float_info.max)
+
+
+def _too_large_for_float(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) > _LARGEST_FLOAT
 
 
 def _short(value: Any) -> str:

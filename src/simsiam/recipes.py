@@ -57,8 +57,9 @@ RECIPES["cpu"] = {k: v for k, v in RECIPES["demo"].items() if k not in ("epochs"
 
 
 def recipe(name: str) -> dict[str, Any]:
-    if name not in RECIPES:
-        raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}", key="recipe")
+    if not isinstance(name, str) or name not in RECIPES:
+        shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."
+        raise ConfigError(f"unknown recipe {shown}; choose one of {', '.join(RECIPES)}", key="recipe")
     return RECIPES[name]
 
 

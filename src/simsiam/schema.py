@@ -14,6 +14,7 @@ from typing import Any
 
 from .augment import AugmentConfig
 from .errors import ConfigError
+from .limits import MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_KNN_K, MAX_PROCESSES, MAX_STEPS, existing_path, output_problem
 from .loss import LOSSES
 from .model import ModelConfig
 from .options import at_least, in_range, option, positive, to_dict, update
@@ -24,7 +25,6 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 # which the "-true" half and double precisions would not take.
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
 ACCELERATORS = ("auto", "cpu", "gpu")
-MAX_IMAGE_SIZE = 1024
 
 
 def _per_channel(values: tuple[float, ...], low: float | None) -> str | None:
@@ -51,7 +51,7 @@ def _devices(text: str) -> int | str:
 
 def _check_devices(value: int | str) -> str | None:
     if isinstance(value, int):
-        return None if value >= 1 else f"must be at least 1, got {value}"
+        return at_least(1, MAX_PROCESSES)(value)
     return None if value == "auto" else f"must be a number or 'auto', got {value!r}"
 
 
@@ -62,15 +62,15 @@ class OptimConfig:
     base_lr: float | None = option(
         None,
         flag="--lr",
-        check=positive,
+        check=positive,  # no bound above: a learning rate that diverges is one line when the loss turns non-finite
         help="base learning rate; the lr is base_lr x batch / 256 (default: 0.03 for small images, else 0.05)",
     )
     weight_decay: float | None = option(
-        None, flag="--weight-decay", check=at_least(0), help="SGD weight decay (default: 5e-4 for small images as on CIFAR, else 1e-4)"
+        None, flag="--weight-decay", check=at_least(0, 1), help="SGD weight decay (default: 5e-4 for small images as on CIFAR, else 1e-4)"
     )
     momentum: float = option(0.9, flag="--momentum", check=in_range(0, 1, high_open=True), help="SGD momentum")
     warmup_epochs: float = option(
-        0.0, flag="--warmup-epochs", metavar="EPOCHS", check=at_least(0), help="linear lr warmup before the cosine decay"
+        0.0, flag="--warmup-epochs", metavar="EPOCHS", check=at_least(0, MAX_EPOCHS), help="linear lr warmup before the cosine decay"
     )
     fixed_predictor_lr: bool = option(
         False, flag="--fixed-predictor-lr", help="keep the predictor's lr fixed, not decayed (paper, Table 1)"
@@ -84,20 +84,30 @@ class OptimConfig:
 class TrainConfig:
     """Everything ``simsiam train`` is told; ``config.yaml`` in a run folder is this, resolved."""
 
-    data: str | None = option(None, help="image folder or CIFAR-10 batches (None: the bundled demo set)")
+    data: str | None = option(None, check=existing_path, help="image folder or CIFAR-10 batches (None: the bundled demo set)")
     val: str | None = option(
-        None, flag="--val", metavar="DATA", help="labeled images for the online kNN queries (default: hold out --held-out of DATA)"
+        None,
+        flag="--val",
+        metavar="DATA",
+        check=existing_path,
+        help="labeled images for the online kNN queries (default: hold out --held-out of DATA)",
     )
-    out: str | None = option(None, flag="--out", metavar="DIR", help="run folder (default: runs/<data name>, numbered if taken)")
+    out: str | None = option(
+        None,
+        flag="--out",
+        metavar="DIR",
+        check=lambda v: output_problem(v, folder=True),
+        help="run folder (default: runs/<data name>, numbered if taken)",
+    )
     recipe: str | None = option(
         None,
         flag="--recipe",
         choices=tuple(RECIPES),
         help="named settings: cifar10 (paper, appendix D), imagenet (paper, section 4), demo, cpu",
     )
-    epochs: int = option(100, flag="--epochs", check=at_least(1), resumable=True, help="passes over the training images")
+    epochs: int = option(100, flag="--epochs", check=at_least(1, MAX_EPOCHS), resumable=True, help="passes over the training images")
     batch_size: int = option(
-        512, flag="--batch-size", check=at_least(2), help="global batch over all processes; batch norm needs at least 2"
+        512, flag="--batch-size", check=at_least(2, MAX_BATCH), help="global batch over all processes; batch norm needs at least 2"
     )
     image_size: int | None = option(
         None,
@@ -113,13 +123,13 @@ class TrainConfig:
         check=in_range(0, 1, high_open=True),
         help="fraction of labeled DATA kept out as online kNN queries",
     )
-    knn_k: int = option(200, flag="--knn-k", metavar="K", check=at_least(1), help="neighbours that vote in the online kNN")
+    knn_k: int = option(200, flag="--knn-k", metavar="K", check=at_least(1, MAX_KNN_K), help="neighbours that vote in the online kNN")
     knn_temperature: float = option(0.1, flag="--knn-temperature", metavar="T", check=positive, help="kNN vote weight exp(similarity / T)")
     knn_every: int = option(
         1,
         flag="--knn-every",
         metavar="EPOCHS",
-        check=at_least(0),
+        check=at_least(0, MAX_EPOCHS),
         resumable=True,
         help="epochs between online kNN evaluations, 0 for never",
     )
@@ -139,7 +149,12 @@ class TrainConfig:
         help="processes per node, one per GPU (default: all GPUs, or 1 on CPU)",
     )
     num_nodes: int = option(
-        1, flag="--num-nodes", metavar="N", check=at_least(1), resumable=True, help="machines taking part in distributed training"
+        1,
+        flag="--num-nodes",
+        metavar="N",
+        check=at_least(1, MAX_PROCESSES),
+        resumable=True,
+        help="machines taking part in distributed training",
     )
     precision: str | None = option(
         None,
@@ -165,7 +180,7 @@ class TrainConfig:
         50,
         flag="--log-every",
         metavar="STEPS",
-        check=at_least(1),
+        check=at_least(1, MAX_STEPS),
         resumable=True,
         help="steps between reads of the loss (each read is a host-device sync)",
     )
@@ -173,7 +188,7 @@ class TrainConfig:
         1,
         flag="--checkpoint-every",
         metavar="EPOCHS",
-        check=at_least(1),
+        check=at_least(1, MAX_EPOCHS),
         resumable=True,
         help="epochs between saves of checkpoints/last.ckpt (and at the end)",
     )
