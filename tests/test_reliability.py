@@ -18,6 +18,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -397,7 +398,7 @@ def test_a_second_run_on_a_folder_in_use_is_one_line_naming_the_holder(env, tmp_
                 and stdout == ""
                 and stderr
                 == (
-                    f"simsiam train: error: --out: {out} is in use by another run (process {holder.pid}); "
+                    f"simsiam train: error: --out: {out} is in use by another run (process {holder.pid} on {socket.gethostname()}); "
                     "wait for it to end, or choose another --out\n"
                 )
             ), (rc, stdout, stderr)

@@ -86,7 +86,7 @@ def resume_config(saved: TrainConfig, given: dict[str, Any], out: Path) -> Train
     """
     allowed = resumable_keys(TrainConfig)
     for key, value in given.items():
-        if key in allowed or key in ("out", "data"):
+        if key in allowed or key in ("out", "data", "val"):  # the data named again: simsiam.run_data checks them
             continue
         had = get(saved, key)
         if had != value and not (isinstance(had, tuple) and list(had) == list(value)):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import DataError
 from .io import show_path
+from .run_folder import MARKER
 
 # Images, and arrays of bands (.npy, .npz: H x W x C); a TIFF may be an image or a stack of bands, one per page.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".npy", ".npz")
@@ -26,9 +27,9 @@ class SkippedImagesWarning(UserWarning):
 
 
 def is_run_folder(path: str | Path) -> bool:
-    """Whether ``path`` holds a simsiam run (its checkpoint, or its config with any of the files a run writes)."""
+    """Whether ``path`` holds a simsiam run (its marker or checkpoint, or its config with any of the files a run writes)."""
     path = Path(path)
-    if (path / "checkpoints" / "last.ckpt").is_file():
+    if (path / "checkpoints" / "last.ckpt").is_file() or (path / MARKER).is_file():
         return True
     return (path / "config.yaml").is_file() and any(
         (path / name).exists() for name in ("metrics.csv", "metrics.json", "training.png", "checkpoints")

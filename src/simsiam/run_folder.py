@@ -8,12 +8,16 @@
       training.png         the curves
       backbone.pt          the backbone's weights, for torchvision
       tensorboard/         TensorBoard event files
-      .lock                held by the process training in the folder
+      simsiam-run.json     the marker: this folder is simsiam's; the data the run trains on (absolute paths, fingerprints)
+      .lock                held by the process training in the folder (its pid and host)
 
-This module is the one place that spells that layout. A run holds the folder's
-lock (an OS file lock, released by the OS when the process dies, however it
-dies) from before its first write to its end, so two runs never write into one
-folder; under DDP only rank 0 takes it, as only rank 0 writes.
+This module is the one place that spells that layout. A run claims its folder
+(:meth:`RunFolder.claim`) before it reads any data: a new folder, an empty one,
+or a run folder of ours (the marker, or, from before the marker, a
+checkpoints/last.ckpt beside a config.yaml of ours), never a folder of other
+files. It holds the folder's lock (an OS file lock, released by the OS when the
+process dies, however it dies) from then to its end, so two runs never write
+into one folder; under DDP only rank 0 takes it, as only rank 0 writes.
 
 >>> import tempfile
 >>> run = RunFolder(tempfile.mkdtemp())
@@ -26,18 +30,23 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import json
 import os
 import shlex
+import socket
 from pathlib import Path
 from typing import Any
 
 from .errors import RunError
-from .io import atomic_write, remove_partial_files
+from .io import PARTIAL_SUFFIX, atomic_write, remove_partial_files, write_json
 
 CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
 BEST = "best.ckpt"
 LOCK = ".lock"
+MARKER = "simsiam-run.json"
+MARKER_FORMAT = "simsiam-run"  # the marker's "format"; a file a user could have by chance does not say it
+MAX_MARKER_BYTES = 1 << 16
 METRIC_COLUMNS = ("epoch", "loss", "z_std", "collapse", "lr", "images_per_s", "knn_top1", "seconds")
 
 
@@ -47,11 +56,18 @@ class RunFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._lock_fd: int | None = None
+        self._created = False  # this process made the folder (removed again if the run ends before it starts)
+        self._marked = False  # this process wrote the marker into the folder (removed again, likewise)
+        self._started = False  # prepare() ran: the run writes its files here
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
 
     # -- the layout ------------------------------------------------------------------
+
+    @property
+    def marker(self) -> Path:
+        return self.path / MARKER
 
     @property
     def config(self) -> Path:
@@ -116,6 +132,86 @@ class RunFolder:
             return runs[-1]
         return next(c for c in candidates if not c.path.exists() or not any(c.path.iterdir()))
 
+    @property
+    def is_ours(self) -> bool:
+        """Whether a simsiam run made this folder: our marker, or (a run from before the marker) last.ckpt and our config.yaml."""
+        if self.marker_values() is not None:
+            return True
+        if not (self.last_checkpoint.is_file() and self.config.is_file()):
+            return False
+        from .config_file import load_yaml
+        from .errors import SimSiamError
+        from .schema import TrainConfig
+
+        try:
+            TrainConfig.from_dict(load_yaml(self.config), where=str(self.config))
+        except SimSiamError:
+            return False
+        return True
+
+    def marker_values(self) -> dict[str, Any] | None:
+        """The marker's contents, or None when there is no marker of ours (missing, not a regular file, too big, not ours)."""
+        try:
+            if not self.marker.is_file() or self.marker.stat().st_size > MAX_MARKER_BYTES:
+                return None
+            values = json.loads(self.marker.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            return None
+        return values if isinstance(values, dict) and values.get("format") == MARKER_FORMAT else None
+
+    def _foreign(self) -> list[str]:
+        """The entries of the folder that are not a claiming run's own (its lock, its marker being written)."""
+        names = sorted(os.listdir(self.path))
+        return [n for n in names if n != LOCK and not (n.startswith(f".{MARKER}.") and n.endswith(PARTIAL_SUFFIX))]
+
+    def claim(self, create: bool = True) -> None:
+        """Make the folder this run's, before any data are read (rank 0): refused unless it is new, empty or ours; made, locked, marked.
+
+        RunError, with nothing touched, for a file, a folder of other files, or a
+        folder another run holds. ``create=False`` (a resume) makes no new folder.
+        """
+        if self.path.is_symlink() or self.path.exists():
+            if not self.path.is_dir():
+                raise RunError(f"--out: {self.path} is a file, not a folder; choose a new folder for the run")
+            try:
+                foreign = [] if self.is_ours else self._foreign()
+            except OSError as e:
+                raise RunError(f"--out: cannot read the folder {self.path} ({e.strerror or e})") from None
+            if foreign:
+                shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+                raise RunError(
+                    f"--out: {self.path} is not a simsiam run folder (it holds {shown}); a run goes into a new or empty "
+                    "folder, or continues in a run folder of its own: choose another --out"
+                )
+        elif not create:
+            return
+        else:
+            try:
+                self.path.mkdir(parents=True)
+                self._created = True
+            except FileExistsError:
+                pass  # another run made it a moment ago: the lock below names it
+            except OSError as e:
+                raise RunError(f"--out: cannot create the folder {self.path} ({e.strerror or e})") from None
+        self.lock()
+        if self.marker_values() is None:
+            self.record()
+            self._marked = True
+
+    def record(self, **values: Any) -> None:
+        """Update the marker with ``values`` (the data a run trains on); the format tag always stays."""
+        write_json(self.marker, {**(self.marker_values() or {}), **values, "format": MARKER_FORMAT, "version": 1})
+
+    def release(self) -> None:
+        """The run's end: the lock released; a run that never started takes back its marker, and a folder it made."""
+        if self._marked and not self._started:
+            with contextlib.suppress(OSError):
+                self.marker.unlink()
+        self.unlock()
+        if self._created and not self._started:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()  # only if nothing else came into it
+
     def expect(self, resume: bool) -> None:
         """RunError unless the folder suits the run: something to resume, or no run to overwrite."""
         if resume and not self.has_run and not self.config.is_file():
@@ -138,6 +234,7 @@ class RunFolder:
         """Make the folder ready for a run (rank 0, all checks passed): locked, no partial files, no stale metrics."""
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         self.lock()
+        self._started = True
         for folder in (self.path, self.checkpoints):
             remove_partial_files(folder)  # left by a process killed while writing
         if fresh:
@@ -158,7 +255,7 @@ class RunFolder:
         return self._lock_fd is not None
 
     def lock(self) -> None:
-        """Take the folder's lock (if the folder exists; :meth:`prepare` creates it); RunError if another run holds it."""
+        """Take the folder's lock (if the folder exists; :meth:`claim` creates it); RunError if another run holds it."""
         try:
             import fcntl
         except ImportError:  # not a POSIX system: runs are not locked there
@@ -181,11 +278,11 @@ class RunFolder:
                 if os.path.samestat(os.fstat(fd), os.stat(path)):
                     break  # the lock file still has its name: the lock is ours
             os.close(fd)  # its holder removed it between our open and our lock: take the new one
-        # Our pid, for the message above, written in place: replacing the file (an atomic
+        # Our pid and host, for the message above, written in place: replacing the file (an atomic
         # write) would leave the lock on the old one. The descriptor is not inherited by
         # the processes this one starts (DDP's), so the lock ends with this process.
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode("utf-8", "backslashreplace"))
         self._lock_fd = fd
 
     def unlock(self) -> None:
@@ -200,7 +297,9 @@ class RunFolder:
     @staticmethod
     def _holder(path: Path) -> str:
         try:
-            pid = path.read_text().strip()
+            pid, _, host = path.read_text(encoding="utf-8", errors="replace")[:300].strip().partition(" ")
         except OSError:
-            pid = ""
-        return f"process {pid}" if pid.isdigit() else "a process that is still starting"
+            pid, host = "", ""
+        if not pid.isdigit():
+            return "a process that is still starting"
+        return f"process {pid} on {host}" if host else f"process {pid}"

@@ -1,7 +1,9 @@
 """One training run, end to end: a RunFolder, the data, the Trainer, the summary.
 
-``fit`` is what ``simsiam train`` calls. In order: it finds (or continues) the
-run folder and locks it, loads the images, builds the
+``fit`` is what ``simsiam train`` calls. In order: it checks the processes,
+claims the run folder (new, empty or a run's; see :meth:`RunFolder.claim`) and
+locks it before reading any data, records DATA and --val (absolute, with a
+fingerprint; checked on resume, :mod:`simsiam.run_data`), loads the images, builds the
 :class:`~simsiam.engine.SimSiamModule`, the callbacks of :mod:`simsiam.callbacks`
 and a Lightning Trainer (devices, precision, DDP, checkpoints, TensorBoard),
 trains, and writes metrics.json, training.png and backbone.pt.
@@ -37,13 +39,26 @@ from .disk_images import DiskImages
 from .engine import SimSiamModule
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, RunError, TrainingInterrupted
 from .io import atomic_write, save_torch_atomic, write_json
-from .launch import LAUNCHERS, check_processes, describe_distributed, launched_processes, processes_per_node, syncs_batchnorm, uses_gpu
+from .launch import (
+    LAUNCHERS,
+    check_batch,
+    check_processes,
+    ddp_strategy,
+    describe_distributed,
+    launched_processes,
+    processes_per_node,
+    syncs_batchnorm,
+    uses_gpu,
+    waited_error,
+)
 from .ranks import ProgressBar, RankZeroRunFolder, say
+from .run_data import settle_data
 from .run_folder import RunFolder
 
 __all__ = ["fit", "summary", "AtomicCheckpointIO", "CTRL_C"]
 __all__ += ["LAUNCHERS", "launched_processes", "describe_distributed"]  # the processes of a run, from simsiam.launch
 
+_DIST_ERRORS = (torch.distributed.DistError,) if torch.distributed.is_available() else ()
 CTRL_C = "saving a checkpoint after this step, then stopping (Ctrl-C again: stop at once, without saving)"
 
 
@@ -62,17 +77,25 @@ def fit(
     """
     started = time.perf_counter()
     # Under DDP this function runs in every process; until the Trainer exists only the
-    # launcher's environment variables tell them apart. Rank 0 alone locks and writes.
+    # launcher's environment variables tell them apart. Rank 0 alone claims, locks and writes.
     rank0 = rank_zero_only.rank == 0
+    if not resume:
+        check_processes(cfg)  # flags only: a new run's folder is not touched for a run that cannot start
     run = RunFolder.choose(cfg.out, cfg.data, resume)
     try:
         if rank0:
-            run.lock()  # a folder another run is training in is refused before anything else
+            run.claim(create=not resume)  # before any data are read: a folder of other files, or in use, is refused
         run.expect(resume)
+        given = cfg if resume else None
         cfg, resumed = _continue(run, cfg, overrides or {}) if resume else (cfg, None)
+        if resume:
+            check_processes(cfg)  # the run's own --devices and --num-nodes, unless typed again
+        cfg, notes = settle_data(run, cfg, given, record=rank0)  # absolute paths; on resume, the data checked against the run's
+        for note in notes:
+            rank_zero_only(print)(note)
         L.seed_everything(cfg.seed, verbose=False)
         cfg, images = _load_images(dataclasses.replace(cfg, out=str(run.path)), run, progress and rank0)
-        check_processes(cfg, len(images.train))
+        check_batch(cfg, len(images.train))
         module = SimSiamModule(cfg.to_dict(), steps_per_epoch=len(images.train) // cfg.batch_size)
         knn = OnlineKnn(images.bank, images.query, cfg) if images.bank is not None else None
         report, stop = EpochReport(run, cfg, knn), GracefulStop(run, cfg)
@@ -91,7 +114,7 @@ def fit(
                 _write_results(run, result, report.rows, module, knn_init)
         return result
     finally:
-        run.unlock()
+        run.release()
 
 
 # -- the steps of fit() ------------------------------------------------------------------------
@@ -116,11 +139,6 @@ def _continue(run: RunFolder, cfg: TrainConfig, given: dict[str, Any]) -> tuple[
     else:
         saved = TrainConfig.from_dict(load_yaml(run.config), where=str(run.config))
         resumed = _Resumed(None, 0)
-    if cfg.data is not None and (saved.data is None or Path(cfg.data).resolve() != Path(saved.data).resolve()):
-        raise RunError(
-            f"DATA: the run in {run.path} trains on {saved.data or 'the demo set'}, not {cfg.data}; --resume continues a run "
-            f"on its own data (leave DATA out), or start a new run with another --out"
-        )
     cfg = resume_config(saved, given, run.path)
     if resumed.checkpoint is None:
         rank_zero_only(print)(f"{run.path} has no checkpoint yet (the run stopped during its first epoch): starting it from the beginning")
@@ -214,7 +232,7 @@ def _trainer(
             accelerator="gpu" if on_gpu else "cpu",
             devices=devices,
             num_nodes=cfg.num_nodes,
-            strategy="ddp" if world > 1 else "auto",
+            strategy=ddp_strategy(world),  # its waits for the other processes end, with a line saying what for
             sync_batchnorm=syncs_batchnorm(cfg, world),
             precision=cfg.precision,
             logger=TensorBoardLogger(save_dir=str(run.path), name="", version=run.tensorboard.name, default_hp_metric=False),
@@ -280,6 +298,8 @@ def _train(trainer: L.Trainer, module: SimSiamModule, images: L.LightningDataMod
     except OSError as e:  # a full disk or a lost folder while writing metrics or logs
         where = f"{e.filename}: " if e.filename else ""
         raise RunError(f"{where}{e.strerror or e}; {run.kept()}; once that is fixed, continue with: {run.resume_command()}") from None
+    except _DIST_ERRORS as e:  # processes that did not all come, or stopped answering
+        raise waited_error(e, module.cfg, started=trainer.global_step > 0) from None
     except SystemExit:
         # Lightning's answer to a KeyboardInterrupt (a second Ctrl-C): stopped at once, nothing new saved.
         raise TrainingInterrupted(f"interrupted at once, without saving; {run.kept()}; continue with: {run.resume_command()}") from None
