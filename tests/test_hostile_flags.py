@@ -223,12 +223,13 @@ def test_a_bound_or_a_path_is_one_exact_line(sweep, capsys, argv, line):
     assert capsys.readouterr().err == f"simsiam train: error: {line}\n"
 
 
-def test_the_largest_values_allowed_pass(sweep):
+def test_the_largest_values_allowed_pass(sweep, monkeypatch):
     """The bounds are not off by one: each limit itself is accepted."""
+    monkeypatch.setenv("NODE_RANK", "0")  # --num-nodes above 1 wants a launcher's variables
     largest = ["--epochs=100000", "--batch-size=65536", "--proj-dim=16384", "--proj-layers=16", "--pred-hidden-dim=16384",
                "--devices=1024", "--num-nodes=1024", "--lr=1e300", "--weight-decay=1", "--knn-k=100000", "--image-size=1024"]  # fmt: skip
     for flag in largest:
-        assert sweep([*TRAIN, flag], (), REACHED) == "accepted", flag
+        assert sweep([*TRAIN, flag, "--batch-size=65536"], (), REACHED) == "accepted", flag  # a batch that splits over 1024
     assert sweep(_argv("neighbors", "--k=64", "--num-queries=64", "--seed=4294967295"), (), "no such checkpoint") == "accepted"
     assert sweep(_argv("map", "--grid=100", "--batch-size=65536"), (), "no such checkpoint") == "accepted"
 

@@ -158,9 +158,9 @@ def test_out_at_a_file_or_below_one_is_refused(tmp_path, capsys):
     file = tmp_path / "results.txt"
     file.write_bytes(b"precious")
     assert train(data, "--out", file, *ONE_EPOCH) == 2
-    assert error_line(capsys) == f"simsiam train: error: --out: {file} is a file, not a folder; choose a new folder for the run"
+    assert error_line(capsys) == f"simsiam train: error: --out: {file} is a file, not a folder"
     assert train(data, "--out", file / "run", *ONE_EPOCH) == 2
-    assert error_line(capsys).startswith(f"simsiam train: error: --out: cannot create the folder {file / 'run'} (")
+    assert error_line(capsys) == f"simsiam train: error: --out: {file} is a file, not a folder"  # checked with the flags
     assert file.read_bytes() == b"precious" and sorted(os.listdir(tmp_path)) == ["data", "results.txt"]
 
 

@@ -47,7 +47,7 @@ def train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[st
     """
     import torch
 
-    from .config import TrainConfig, check, check_networks, layered
+    from .config import TrainConfig, check, check_networks, check_paths, layered
     from .config_file import load_yaml
     from .options import flatten, given_flags
     from .recipes import default_recipe
@@ -65,6 +65,7 @@ def train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[st
     auto, note = (None, None) if args.resume else default_recipe({**flatten(file_values), **flags}, on_gpu)
     cfg, names = layered(flags, file_values, args.config or "config", auto_recipe=auto)
     check(cfg, names)
+    check_paths(cfg, names)  # the paths typed or in --config; a checkpoint's own are checked where they are used
     if not args.resume:
         check_networks(cfg, names)  # with --image-size known, before DATA is decoded
     return cfg, flags, names, note

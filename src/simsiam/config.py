@@ -21,6 +21,7 @@ import yaml
 from .augment import AugmentConfig
 from .config_file import MAX_CONFIG_BYTES, load_yaml
 from .errors import ConfigError, RunError
+from .limits import existing_path, output_problem
 from .model import ModelConfig
 from .options import flag_of, flatten, get, nest, resumable_keys, validate
 from .recipes import RECIPES, default_recipe, recipe
@@ -76,6 +77,18 @@ def check(cfg: TrainConfig, names: dict[str, str] | None = None) -> None:
         if e.key is None:
             raise
         raise e.named((names or {}).get(e.key) or flag_of(TrainConfig, e.key) or e.key) from None
+
+
+def check_paths(cfg: TrainConfig, names: dict[str, str] | None = None) -> None:
+    """Where a run starts: DATA and --val are there, --out is a folder or can be one (a stored config is not held to this)."""
+    for key, problem in (
+        ("data", cfg.data and existing_path(cfg.data)),
+        ("val", cfg.val and existing_path(cfg.val)),
+        ("out", cfg.out and output_problem(cfg.out, folder=True)),
+    ):
+        if problem:
+            name = (names or {}).get(key) or flag_of(TrainConfig, key) or "DATA"
+            raise ConfigError(problem).named(name)
 
 
 def resume_config(saved: TrainConfig, given: dict[str, Any], out: Path) -> TrainConfig:

@@ -45,14 +45,21 @@ def existing_path(text: str) -> str | None:
     return None
 
 
-def output_problem(text: str, folder: bool) -> str | None:
-    """A path to write to: a folder (``folder``) or a file, under folders, named in UTF-8 (TensorBoard, YAML and the log lines need text)."""
+def output_name_problem(text: str, folder: bool = True) -> str | None:
+    """What an output path's text must be: a path, named in UTF-8 (TensorBoard, YAML and the log lines need text)."""
     if problem := path_problem(text):
         return problem
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return f"{show_path(text)} is not valid UTF-8; choose a {'folder' if folder else 'file'} name in UTF-8"
+    return None
+
+
+def output_problem(text: str, folder: bool) -> str | None:
+    """A path to write to: a folder (``folder``) or a file, under folders, named in UTF-8."""
+    if problem := output_name_problem(text, folder):
+        return problem
     try:
         return _output_kind(Path(text), folder)
     except OSError as e:  # a name too long, a folder we may not enter

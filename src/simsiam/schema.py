@@ -14,7 +14,7 @@ from typing import Any
 
 from .augment import AugmentConfig
 from .errors import ConfigError
-from .limits import MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_KNN_K, MAX_PROCESSES, MAX_STEPS, existing_path, output_problem
+from .limits import MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_KNN_K, MAX_PROCESSES, MAX_STEPS, output_name_problem, path_problem
 from .loss import LOSSES
 from .model import ModelConfig
 from .options import at_least, in_range, option, positive, to_dict, update
@@ -82,21 +82,26 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything ``simsiam train`` is told; ``config.yaml`` in a run folder is this, resolved."""
+    """Everything ``simsiam train`` is told; ``config.yaml`` in a run folder is this, resolved.
 
-    data: str | None = option(None, check=existing_path, help="image folder or CIFAR-10 batches (None: the bundled demo set)")
+    Its checks of ``data``, ``val`` and ``out`` are of the text only: a stored
+    config (a checkpoint read on another machine) names paths that need not be
+    there. Whether they are is checked where a run is started (``check_paths``).
+    """
+
+    data: str | None = option(None, check=path_problem, help="image folder or CIFAR-10 batches (None: the bundled demo set)")
     val: str | None = option(
         None,
         flag="--val",
         metavar="DATA",
-        check=existing_path,
+        check=path_problem,
         help="labeled images for the online kNN queries (default: hold out --held-out of DATA)",
     )
     out: str | None = option(
         None,
         flag="--out",
         metavar="DIR",
-        check=lambda v: output_problem(v, folder=True),
+        check=output_name_problem,
         help="run folder (default: runs/<data name>, numbered if taken)",
     )
     recipe: str | None = option(
