@@ -155,7 +155,7 @@ def test_the_gpu_decoding_path_skips_the_same_files(messy):
 
 
 def test_strict_stops_at_the_first_bad_file_naming_it(messy):
-    with pytest.raises(DataError, match=r"messy/empty\.png: not an image"):
+    with pytest.raises(DataError, match=r"messy/empty\.png: an empty file \(0 bytes\)"):
         load_folder(messy, image_size=16, strict=True, progress=False)
     with pytest.warns(SkippedImagesWarning):
         load_folder(messy, image_size=16, progress=False)  # fills the cache, with its skip list

@@ -176,7 +176,7 @@ def load_folder(
     cannot be decoded is (``strict`` stops at it instead).
     """
     root = Path(root)
-    files, labels, classes = list_images(root, exclude)
+    files, labels, classes = list_images(root, exclude, strict=strict)
     if not files:
         raise DataError(f"{show_path(root)}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
     size = image_size or _auto_size(files)

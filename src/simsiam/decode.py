@@ -33,7 +33,8 @@ What is never done, whatever DATA holds:
 - an image that declares more than :data:`MAX_PIXELS` pixels is refused from its
   header, before anything is allocated for it (a 100-byte PNG can declare
   30000 x 30000 pixels: 2.7 GB decoded); a stack, likewise, above MAX_PIXELS
-  pixels, :data:`MAX_CHANNELS` bands or 3 x MAX_PIXELS values;
+  pixels a band, :data:`MAX_CHANNELS` bands (a TIFF's pages are counted to
+  MAX_CHANNELS + 1, no further) or :data:`MAX_IMAGE_BYTES` bytes of values;
 - an array file is read with ``allow_pickle=False`` (never as Python objects),
   only after its header's dtype, shape and size were checked, and only when the
   file holds as many bytes as the header declares;
@@ -50,12 +51,21 @@ from __future__ import annotations
 
 from .bulk_decode import JPEG_EXTENSIONS, decode_all
 from .cifar import read_cifar_pickle
-from .guards import MAX_PIXELS, open_regular
+from .guards import MAX_IMAGE_BYTES, MAX_PIXELS, open_regular
 from .image_file import channels_of, decode_image, image_size_of
 from .io import show_path
 from .stacks import MAX_CHANNELS, STACK_EXTENSIONS
 
-__all__ = ["MAX_PIXELS", "decode_image", "decode_files", "image_size_of", "open_regular", "read_cifar_pickle", "show_path"]
+__all__ = [
+    "MAX_PIXELS",
+    "MAX_IMAGE_BYTES",
+    "decode_image",
+    "decode_files",
+    "image_size_of",
+    "open_regular",
+    "read_cifar_pickle",
+    "show_path",
+]
 __all__ += ["MAX_CHANNELS", "channels_of", "STACK_EXTENSIONS", "JPEG_EXTENSIONS"]
 
 

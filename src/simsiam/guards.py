@@ -3,7 +3,9 @@
 - :func:`open_regular` never opens a file that is not a regular file (opening a
   FIFO blocks until someone writes to it; a device may never end);
 - :data:`MAX_PIXELS` is the most pixels an image (or a band of a stack) may
-  declare in its header before anything is allocated for it;
+  declare in its header before anything is allocated for it, and
+  :data:`MAX_IMAGE_BYTES` the most bytes of values a stack may declare: the
+  per-image memory budget, checked from the header before anything is read;
 - :func:`quiet_bomb_warning` silences Pillow's warning for images below that
   limit, without changing Pillow's global state from a worker thread;
 - :func:`error_text` puts whatever a broken file made a parser raise on one
@@ -30,6 +32,10 @@ from .io import show_path
 # tiles. Images above it are refused from their header. Pillow refuses above its
 # own threshold as well; raising both (this and PIL.Image.MAX_IMAGE_PIXELS) admits more.
 MAX_PIXELS = 178_956_970
+# The per-image memory budget: the bytes of an 8-bit RGB image of MAX_PIXELS (about 537 MB).
+# An array or a stack of pages whose header declares more bytes of values is refused before
+# any of them is read or decompressed (a 1 MB .npz can declare gigabytes of zeros).
+MAX_IMAGE_BYTES = 3 * MAX_PIXELS
 
 _KINDS = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]  # fmt: skip

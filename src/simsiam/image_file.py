@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import DataError
 from .guards import MAX_PIXELS, error_text, open_regular, quiet_bomb_warning
 from .io import show_path
-from .stacks import MAX_CHANNELS, NPY_MAGIC, SIXTEEN_BIT, ZIP_MAGIC, array_dims_of, decode_array, decode_pages, eight_bit, is_stack
+from .stacks import MAX_CHANNELS, NPY_MAGIC, SIXTEEN_BIT, ZIP_MAGIC, array_dims_of, decode_array, decode_pages, eight_bit, stack_pages
 
 # The only formats Pillow may open, told apart by their content (the file name plays no part):
 # what people keep photos and scans in. Pillow knows some forty formats; some of its plugins
@@ -87,6 +87,8 @@ def _decode_any(fh: BinaryIO, size: int, name: str, channels: int | None) -> tor
     """An array file (.npy, .npz) or an image (Pillow), told apart by the first bytes."""
     magic = fh.read(6)
     fh.seek(0)
+    if not magic:
+        raise DataError(f"{name}: an empty file (0 bytes)")
     if magic.startswith(NPY_MAGIC) or magic.startswith(ZIP_MAGIC):
         return decode_array(fh, size, name, channels, magic.startswith(ZIP_MAGIC))
     return _decode(fh, size, name, channels)
@@ -105,7 +107,8 @@ def _decode(fh: BinaryIO, size: int, name: str, channels: int | None = None) -> 
     with open_image(fh) as img:  # reads the header only
         _check_pixels(img, name)
         # A stack of grey pages is C bands; read as an image (its first page, as ever) only where 1 or 3 channels are asked.
-        if is_stack(img) and (channels is None or channels == img.n_frames or channels not in (1, 3)):
+        pages = stack_pages(img)  # walks at most MAX_CHANNELS + 1 pages, never the whole chain
+        if pages and (channels is None or channels == pages or channels not in (1, 3)):
             return decode_pages(img, size, name, channels)
         if channels not in (None, 1, 3):
             raise DataError(f"{name}: an image file, read as 3 (RGB) or 1 (grey) channels, where the data has {channels}")
@@ -177,7 +180,9 @@ def _header(path: str | Path) -> tuple[int, int, int] | None:
                 height, width, channels = array_dims_of(fh, magic.startswith(ZIP_MAGIC))
             else:
                 with open_image(fh) as img:
-                    (width, height), channels = img.size, img.n_frames if is_stack(img) else 3
+                    (width, height), channels = img.size, stack_pages(img) or 3
+            if channels > MAX_CHANNELS:  # a TIFF of too many pages: the decoding pass names it
+                return None
             return width, height, channels
     except Exception:  # unreadable files are reported by the decoding pass
         return None

@@ -1,7 +1,10 @@
 """The image files of a folder: found recursively, labeled by class subfolder, run folders left out.
 
-Hidden files and folders are skipped, symbolic links are followed once, folders
-that cannot be read are skipped with a :class:`SkippedImagesWarning` naming them,
+Hidden files and folders are skipped, symbolic links are followed once (a link to
+a file is read as that file, a link to a folder as that folder; a broken link or a
+link loop is named when its file is decoded), folders that cannot be read
+(permission denied) are skipped with a :class:`SkippedImagesWarning` naming them
+(an error under ``strict``), DATA itself unreadable is an error,
 and a simsiam run folder inside DATA (``cd photos && simsiam train .``) is never
 read as data (:func:`is_run_folder`).
 """
@@ -40,16 +43,22 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _walk(root: Path, exclude: set[str]) -> tuple[list[Path], dict[str, str], list[Path]]:
-    """Image files under ``root``; the folders that could not be read (real path -> text); the folders left out."""
+def _walk(root: Path, exclude: set[str]) -> tuple[list[Path], dict[str, tuple[str, str]], list[Path]]:
+    """Image files under ``root``; the folders that could not be read (real path -> (name, why)); the folders left out.
+
+    DataError when ``root`` itself cannot be read (os.access does not tell: root may read anything, a network
+    file system may refuse what the mode bits allow).
+    """
     files: list[Path] = []
     seen: set[str] = set()
-    unreadable: dict[str, str] = {}
+    unreadable: dict[str, tuple[str, str]] = {}
     left_out: list[Path] = []
 
     def note_unreadable(e: OSError) -> None:
-        if os.path.realpath(e.filename) != os.path.realpath(root):
-            unreadable[os.path.realpath(e.filename)] = f"{show_path(e.filename)} ({e.strerror})"
+        where = root if e.filename is None else e.filename
+        if os.path.realpath(where) == os.path.realpath(root):
+            raise DataError(f"{show_path(root)}: cannot read the folder ({e.strerror or e})")
+        unreadable[os.path.realpath(where)] = (show_path(where), str(e.strerror or e))
 
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=note_unreadable):
         real = os.path.realpath(dirpath)
@@ -72,12 +81,13 @@ def _walk(root: Path, exclude: set[str]) -> tuple[list[Path], dict[str, str], li
     return files, unreadable, left_out
 
 
-def list_images(root: Path, exclude: Iterable[str | Path] = ()) -> tuple[list[Path], list[int] | None, list[str]]:
+def list_images(root: Path, exclude: Iterable[str | Path] = (), strict: bool = False) -> tuple[list[Path], list[int] | None, list[str]]:
     """Image files under ``root``, and labels when the images sit in class subfolders.
 
     Hidden files and folders are skipped; symbolic links are followed once (loops
     are cut by remembering the real paths visited); folders that cannot be read
-    are skipped with a warning naming them. Simsiam run folders (see
+    are skipped with a warning naming them (with ``strict``, the first is a
+    DataError naming it: a class must not go missing unnoticed). Simsiam run folders (see
     :func:`is_run_folder`) and the paths in ``exclude`` (files or folders: a
     run's own output folder, say) are never read, and a warning names them.
     """
@@ -86,8 +96,11 @@ def list_images(root: Path, exclude: Iterable[str | Path] = ()) -> tuple[list[Pa
         raise DataError(f"{show_path(root)}: cannot read the folder (permission denied)")
     excluded = {os.path.realpath(p) for p in exclude} - {os.path.realpath(root)}
     files, unreadable, left_out = _walk(root, excluded)
+    if unreadable and strict:
+        name, why = min(unreadable.values())
+        raise DataError(f"{name}: cannot read the folder ({why}); --strict stops at the first file or folder that cannot be read")
     if unreadable:
-        shown = ", ".join(sorted(unreadable.values())[:MAX_NAMED])
+        shown = ", ".join(f"{name} ({why})" for name, why in sorted(unreadable.values())[:MAX_NAMED])
         warnings.warn(f"skipped {len(unreadable)} folder(s) that cannot be read: {shown}", SkippedImagesWarning, stacklevel=2)
     if left_out:
         shown = ", ".join(show_path(p.relative_to(root)) for p in left_out[:MAX_NAMED])
