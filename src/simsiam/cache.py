@@ -8,6 +8,7 @@ One entry per folder, image size, channel count and format, under
     <key>.jpeg/   shard-000.bin  each image re-encoded as a JPEG, back to back (1 GiB per shard)
                   offsets.i64    where each image starts: N + 1 int64 over the shards laid end to end
                   meta.json
+    both:         crc32.u32      the CRC-32 of each image's stored bytes: N little-endian uint32
 
 An entry is written into a hidden sibling folder (``.<name>.<pid>.partial``): the
 pixels a chunk at a time as they are decoded, then the record, each file
@@ -18,9 +19,11 @@ partial folders of dead processes are removed by the next build.
 The record holds what a reader needs (shape, labels, classes, paths, skip
 reasons) and what lets it refuse a damaged entry before trusting a byte: the
 format version, the exact size of every data file, a SHA-256 of a sample of 16
-images, and on its first line a SHA-256 of the record itself. :func:`read_entry`
-checks the record, then the sizes of the files on disk against it (so a
-truncated file is never read past its end), then the sample. Writing is in
+images, a SHA-256 of the CRC file, and on its first line a SHA-256 of the record
+itself. :func:`read_entry` checks the record, then the sizes of the files on disk
+against it (so a truncated file is never read past its end), then the CRC file
+and the sample. Every image read afterwards is checked against its CRC-32 (in
+:mod:`simsiam.disk_images`): a damaged one never reaches training. Writing is in
 :mod:`simsiam.cache_writer`.
 """
 
@@ -31,6 +34,7 @@ import hashlib
 import json
 import os
 import threading
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +44,8 @@ import numpy as np
 from .io import cache_dir, show_path
 
 __all__ = [
-    "CACHE_FORMAT_VERSION",
+    "CACHE_VERSION",
+    "crc_of",
     "FORMATS",
     "Entry",
     "DamagedCache",
@@ -51,7 +56,7 @@ __all__ = [
     "probe_digest",
 ]
 
-CACHE_FORMAT_VERSION = 2
+CACHE_VERSION = 3  # of the record and of the cache key (simsiam.data): one number for both
 FORMATS = ("raw", "jpeg")
 JPEG_QUALITY = 95
 SHARD_BYTES = 1 << 30
@@ -59,6 +64,7 @@ PROBE_IMAGES = 16
 RECORD = "meta.json"
 RAW_FILE = "images.u8"
 OFFSETS = "offsets.i64"
+CRCS = "crc32.u32"
 RECORD_MAGIC = "simsiam image cache"
 
 
@@ -93,6 +99,8 @@ class Entry:
     shards: list[dict[str, Any]]  # {"file", "first" (its first image), "bytes"}, in order
     checksum: str  # the record's SHA-256: changes whenever the entry does
     offsets: np.ndarray | None = None  # jpeg: (N + 1,) int64 over the shards end to end
+    crcs: np.ndarray | None = None  # (N,) uint32: the CRC-32 of each image's stored bytes
+    damaged: bool = field(default=False, compare=False)  # an image failed its CRC while this entry was read
     files: _OpenFiles = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -158,8 +166,8 @@ def read_entry(path: str | Path) -> Entry:
     words = head.decode("ascii", "replace").rsplit(" ", 3)
     if len(words) != 4 or words[0] != RECORD_MAGIC or words[2] != "sha256":
         raise DamagedCache(record_file, "not a simsiam image-cache record")
-    if words[1] != str(CACHE_FORMAT_VERSION):
-        raise DamagedCache(record_file, f"written by another version of simsiam (format {words[1]}, this one reads {CACHE_FORMAT_VERSION})")
+    if words[1] != str(CACHE_VERSION):
+        raise DamagedCache(record_file, f"written by another version of simsiam (format {words[1]}, this one reads {CACHE_VERSION})")
     if hashlib.sha256(body).hexdigest() != words[3]:
         raise DamagedCache(record_file, "its checksum does not match: the record is damaged or truncated")
     try:
@@ -170,6 +178,9 @@ def read_entry(path: str | Path) -> Entry:
     _check_files(entry)
     if entry.format == "jpeg":
         entry.offsets = _read_offsets(entry, rec)
+    entry.crcs = _read_crcs(entry, rec)
+    for shard in entry.shards:  # opened now: a reader keeps them if the entry is removed while in use (damaged, rebuilt)
+        entry.fd(shard["file"])
     if probe_digest(entry, rec["probe"]["rows"]) != rec["probe"]["sha256"]:
         raise DamagedCache(path / entry.shards[0]["file"], "its pixels do not match the checksum of the sample in its record")
     return entry
@@ -227,6 +238,23 @@ def _read_offsets(entry: Entry, rec: dict[str, Any]) -> np.ndarray:
         if not 0 <= shard["first"] <= n:
             raise DamagedCache(file, "its shards do not fit the images")
     return offsets
+
+
+def _read_crcs(entry: Entry, rec: dict[str, Any]) -> np.ndarray:
+    file = entry.path / CRCS
+    n = entry.shape[0]
+    try:
+        raw = file.read_bytes() if file.stat().st_size == 4 * n else None
+    except OSError as e:
+        raise DamagedCache(file, f"cannot be read ({e.strerror or e})") from None
+    if raw is None or hashlib.sha256(raw).hexdigest() != rec["crc32_sha256"]:
+        raise DamagedCache(file, "truncated or damaged: its size or checksum does not match the record")
+    return np.frombuffer(raw, dtype="<u4").astype(np.uint32)
+
+
+def crc_of(data: Any) -> int:
+    """The CRC-32 an image's stored bytes are checked with (zlib's: it releases the GIL on large buffers)."""
+    return zlib.crc32(data)
 
 
 def probe_rows(n: int) -> list[int]:

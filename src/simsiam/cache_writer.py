@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from .cache import (
-    CACHE_FORMAT_VERSION,
+    CACHE_VERSION,
+    CRCS,
     FORMATS,
     JPEG_QUALITY,
     OFFSETS,
@@ -34,6 +35,7 @@ from .cache import (
     SHARD_BYTES,
     DamagedCache,
     Entry,
+    crc_of,
     images_dir,
     probe_digest,
     probe_rows,
@@ -58,6 +60,7 @@ class EntryWriter:
         self.n = 0
         self.shards: list[dict[str, Any]] = []
         self.offsets = [0]
+        self.crcs: list[int] = []
         self._fh = None
 
     def __enter__(self) -> EntryWriter:
@@ -80,9 +83,12 @@ class EntryWriter:
         if not len(images):
             return
         if self.format == "raw":
-            self._write(memoryview(images.contiguous().numpy()).cast("B"), first=0)
+            rows = images.contiguous().numpy().reshape(len(images), -1)
+            self.crcs += [crc_of(row) for row in rows]
+            self._write(memoryview(rows).cast("B"), first=0)
         else:
             for blob in _encode_jpegs(images, self.quality):
+                self.crcs.append(crc_of(blob))
                 self._write(blob, first=len(self.offsets) - 1)
                 self.offsets.append(self.offsets[-1] + len(blob))
         self.n += len(images)
@@ -120,6 +126,9 @@ class EntryWriter:
             raw = np.asarray(self.offsets, dtype="<i8").tobytes()
             _write_durably(self.tmp / OFFSETS, raw)
             rec["offsets_sha256"] = hashlib.sha256(raw).hexdigest()
+        crcs = np.asarray(self.crcs, dtype="<u4")
+        _write_durably(self.tmp / CRCS, crcs.tobytes())
+        rec["crc32_sha256"] = hashlib.sha256(crcs.tobytes()).hexdigest()
         entry = Entry(self.tmp, self.format, shape, labels, classes, paths, skipped, self.shards, "")  # type: ignore[arg-type]
         if self.format == "jpeg":
             entry.offsets = np.asarray(self.offsets, dtype=np.int64)
@@ -128,13 +137,14 @@ class EntryWriter:
         entry.files.close()
         body = json.dumps(rec, ensure_ascii=True, separators=(",", ":")).encode("ascii")
         checksum = hashlib.sha256(body).hexdigest()
-        _write_durably(self.tmp / RECORD, f"{RECORD_MAGIC} {CACHE_FORMAT_VERSION} sha256 {checksum}\n".encode() + body)
+        _write_durably(self.tmp / RECORD, f"{RECORD_MAGIC} {CACHE_VERSION} sha256 {checksum}\n".encode() + body)
         _fsync_folder(self.tmp)
         published = _rename_into_place(self.tmp, self.final)
         if published is not None:  # another process published the same entry first: use theirs
             return published
         _fsync_folder(self.final.parent)
-        return Entry(self.final, self.format, shape, labels, classes, paths, skipped, self.shards, checksum, entry.offsets)  # type: ignore[arg-type]
+        return Entry(self.final, self.format, shape, labels, classes, paths, skipped, self.shards, checksum, entry.offsets,  # type: ignore[arg-type]
+                     crcs.astype(np.uint32))  # fmt: skip
 
 
 def _encode_jpegs(images: torch.Tensor, quality: int) -> list[bytes]:

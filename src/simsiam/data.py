@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import statistics
 import warnings
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .bulk_decode import decoder_threads
+from .cache import CACHE_VERSION
 from .decode import STACK_EXTENSIONS, channels_of, decode_image, image_size_of, read_cifar_pickle, show_path
 from .disk_images import DiskImages
 from .errors import ConfigError, DataError
@@ -50,7 +54,7 @@ __all__ += ["is_run_folder", "cache_dir", "decode_image", "show_path", "channel_
 
 DEMO_FILE = Path(__file__).parent / "demo" / "cifar10_demo.npz"
 DEFAULT_MAX_SIZE = 224
-CACHE_VERSION = 1
+KEY_BLOCK = 64 * 1024  # bytes hashed at each end of a file for its cache key
 
 
 @dataclass
@@ -112,16 +116,43 @@ def _auto_size(files: list[Path], max_size: int = DEFAULT_MAX_SIZE) -> int:
 
 
 def _cache_key(kind: str, root: Path, files: list[Path], size: int) -> str:
+    """The cache key of ``files`` decoded at ``size``: changes whenever any file's content may have.
+
+    Each file contributes its size, mtime_ns, ctime_ns, inode and permission bits
+    and a hash of its first and last 64 KiB (the whole file when it is under 128
+    KiB), read through one descriptor. ctime cannot be set back by ``touch -r``,
+    ``cp -p`` or ``rsync -t``, and the hash catches an edit that keeps every stamp;
+    only an edit of the middle of a large file with every stamp kept would go
+    unseen. Hashed in threads (reads release the GIL).
+    """
     # os.fsencode: file names need not be valid UTF-8.
     h = hashlib.sha1(f"{CACHE_VERSION}|{kind}|{size}|".encode() + os.fsencode(root.resolve()))
-    for f in files:
-        try:
-            st = f.stat()
-            stamp = f"|{st.st_size}|{st.st_mtime_ns}|{st.st_mode & 0o777}\n"
-        except OSError as e:  # a dangling link or a link loop: the decoding pass reports it
-            stamp = f"|unreadable {e.errno}\n"
-        h.update(os.fsencode(f) + stamp.encode())
+    parts = [files[start : start + 256] for start in range(0, len(files), 256)]
+    with ThreadPoolExecutor(max_workers=decoder_threads()) as pool:
+        for part, stamps in zip(parts, pool.map(lambda part: [_file_stamp(f) for f in part], parts)):
+            for f, stamp in zip(part, stamps):
+                h.update(os.fsencode(f) + stamp.encode())
     return h.hexdigest()[:20]
+
+
+def _file_stamp(f: Path, block: int = KEY_BLOCK) -> str:
+    try:
+        fd = os.open(f, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:  # a dangling link, a link loop, no permission: the decoding pass reports it
+        return f"|unreadable {e.errno}\n"
+    try:
+        st = os.fstat(fd)
+        digest = hashlib.blake2b(digest_size=16)
+        if stat.S_ISREG(st.st_mode):  # anything else is refused by the decoding pass, unread
+            if st.st_size <= 2 * block:
+                digest.update(os.pread(fd, st.st_size, 0))
+            else:
+                digest.update(os.pread(fd, block, 0) + os.pread(fd, block, st.st_size - block))
+        return f"|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}|{st.st_mode & 0o7777:o}|{digest.hexdigest()}\n"
+    except OSError as e:
+        return f"|unreadable {e.errno}\n"
+    finally:
+        os.close(fd)
 
 
 def _data_channels(files: list[Path]) -> int:

@@ -9,6 +9,13 @@ with ``preadv`` straight into the batch, one call per run of consecutive
 images; a JPEG entry reads each image's bytes and decodes them (threads on a
 CPU, nvJPEG on a GPU). Peak memory stays a few batches, whatever the set's size.
 
+Every image read is checked against its CRC-32 in the entry. One that does not
+match (a bit flipped on the disk, a cache file overwritten in place) is decoded
+again from its source file, so no damaged pixel is trained on; the first such
+image of an entry is named in a :class:`~simsiam.io.CacheWarning` and the entry
+is removed, so that the next run rebuilds it (this run keeps reading the
+removed files through the descriptors it holds).
+
 >>> memory_available() is None or memory_available() > 0
 True
 """
@@ -18,19 +25,23 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .cache import RAW_FILE, Entry
+from .cache import JPEG_QUALITY, RAW_FILE, Entry, crc_of
 from .errors import DataError
-from .io import show_path
+from .io import CacheWarning, show_path
 
 __all__ = ["DiskImages", "memory_available", "fits_in_memory", "gib"]
 
 IOV_MAX = 1024  # buffers per preadv call (POSIX's minimum guarantee)
+_DAMAGE = threading.Lock()  # one warning and one removal per damaged entry, whichever thread finds it
 
 
 def gib(n: float) -> str:
@@ -152,17 +163,29 @@ class DiskImages:
         if out is None:
             out = batch_buffer((len(rows), *self.shape[1:]), pin_memory)
         if self.entry.format == "raw":
-            self._read_raw(rows, out.numpy().reshape(len(rows), -1))
+            flat = out.numpy().reshape(len(rows), -1)
+            self._read_raw(rows, flat)
+            for j in self._damaged(rows, flat):
+                out[j].copy_(self._from_source(int(rows[j])))
         else:
             blobs = self._read_encoded(rows)
-            list(_pool().map(lambda j: out[j].copy_(self._decode_one(blobs[j], rows[j])), range(len(rows))))
+            damaged = set(self._damaged(rows, blobs))
+
+            def one(j: int) -> None:
+                out[j].copy_(self._from_source(int(rows[j])) if j in damaged else self._decode_one(blobs[j], rows[j]))
+
+            list(_pool().map(one, range(len(rows))))
         self._count(rows)
         return out
 
     def read_encoded(self, index) -> list[torch.Tensor]:
         """jpeg: the JPEG bytes of the images at ``index``, as 1-D uint8 tensors, to decode elsewhere (:meth:`decode_on`)."""
+        from torchvision.io import encode_jpeg
+
         rows = self._physical(_as_array(index, len(self)))
-        blobs = self._read_encoded(rows)
+        blobs: list = self._read_encoded(rows)
+        for j in self._damaged(rows, blobs):
+            blobs[j] = encode_jpeg(self._from_source(int(rows[j])), quality=JPEG_QUALITY).numpy()
         self._count(rows)
         return [torch.frombuffer(b, dtype=torch.uint8) for b in blobs]
 
@@ -197,6 +220,40 @@ class DiskImages:
         self.rows_read += len(rows)
         if self.log is not None:
             self.log.append(rows.copy())
+
+    def _damaged(self, rows: np.ndarray, stored: list | np.ndarray) -> list[int]:
+        """The positions j whose stored bytes ``stored[j]`` do not match the CRC-32 of image ``rows[j]``."""
+        crcs = self.entry.crcs
+        if crcs is None or not len(rows):
+            return []
+        sums = list(_pool().map(crc_of, stored)) if len(rows) * self.entry.row_bytes > 1 << 22 else [crc_of(b) for b in stored]
+        return [j for j, (got, row) in enumerate(zip(sums, rows)) if got != crcs[row]]
+
+    def _from_source(self, row: int) -> torch.Tensor:
+        """Image ``row`` decoded again from its source file: its bytes in the cache do not match their checksum."""
+        from .cache_writer import remove_entry
+        from .image_file import decode_image
+
+        entry, source = self.entry, self.entry.paths[row]
+        with _DAMAGE:
+            if not entry.damaged:
+                entry.damaged = True
+                warnings.warn(
+                    f"image cache {self.where}: image {row} ({source}) does not match its checksum; decoding such images again "
+                    "from their files, and removing the entry so that the next run rebuilds it",
+                    CacheWarning,
+                    stacklevel=2,
+                )
+                for shard in entry.shards:  # held open: this run goes on reading the entry once it is removed
+                    entry.fd(shard["file"])
+                remove_entry(entry.path)
+        try:
+            image = decode_image(Path(source), self.shape[-1], self.shape[1])
+        except DataError as e:
+            raise DataError(f"{self.where}: image {row} of the cache is damaged and its file no longer decodes: {e}") from None
+        if tuple(image.shape) != tuple(self.shape[1:]):
+            raise DataError(f"{self.where}: image {row} of the cache is damaged and {source} now decodes to {tuple(image.shape)}")
+        return image
 
     def _read_raw(self, rows: np.ndarray, out: np.ndarray) -> None:
         """preadv each run of consecutive rows straight into its rows of ``out`` (k, row_bytes); runs spread over threads."""
