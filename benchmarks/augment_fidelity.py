@@ -27,10 +27,10 @@ from torchvision.transforms import v2
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from simsiam import Augment, SimSiam, simsiam_loss  # noqa: E402
-from simsiam.augment import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from simsiam.config import cpu_bf16_trains  # noqa: E402
-from simsiam.data import load_demo  # noqa: E402
-from simsiam.evaluate import extract_features, knn_accuracy  # noqa: E402
+from simsiam.augment import IMAGENET_MEAN, IMAGENET_STD
+from simsiam.config import cpu_bf16_trains
+from simsiam.data import load_demo
+from simsiam.evaluate import extract_features, knn_accuracy
 
 
 def reference_views() -> v2.Compose:

@@ -57,7 +57,7 @@ def synthetic_folder(count: int, size: int = 256, source: Path = CIFAR) -> Path:
 
 def _epoch_rate(source, batch: int, device: torch.device | None = None, augment=None, seed: int = 0) -> float:
     """Images/s of one shuffled epoch of ``source`` in batches of ``batch`` (with ``augment``: both views rendered too)."""
-    from simsiam.batches import Batches, ShardedBatches
+    from simsiam.data.batches import Batches, ShardedBatches
 
     batches = Batches(source, ShardedBatches(len(source), batch, seed=seed), device)
     start, n = time.perf_counter(), 0
@@ -111,8 +111,8 @@ def _table(rows: list[tuple[str, float]], reference: str) -> str:
 def source(args) -> None:
     """CPU: one epoch of uint8 batches at 224 px from memory, from the disk cache (raw warm and cold, jpeg), and lightly's loader."""
     from simsiam import Augment
-    from simsiam.batches import BatchSource
     from simsiam.data import load
+    from simsiam.data.batches import BatchSource
 
     torch.set_num_threads(args.threads)
     folder = Path(args.data) if args.data else synthetic_folder(args.count, source=Path(args.cifar))
@@ -168,8 +168,8 @@ def imagenet(args) -> None:
     """GPU: the imagenet recipe end to end from a 256 px jpeg cache on disk, its compiled step alone, the source alone, lightly."""
     from throughput import lightly_recipe, model_step_alone, ours_end_to_end
 
-    from simsiam.batches import BatchSource
     from simsiam.data import load
+    from simsiam.data.batches import BatchSource
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else cpu_model()

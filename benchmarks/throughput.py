@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from simsiam import Augment, SimSiam, simsiam_loss  # noqa: E402
-from simsiam.data import load  # noqa: E402
+from simsiam.data import load
 
 
 def _sync(device: torch.device) -> None:
@@ -385,7 +385,7 @@ def decode(args) -> None:
     from PIL import Image
 
     from simsiam.data import list_images
-    from simsiam.decode import decode_files
+    from simsiam.data.bulk import decode_files
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:

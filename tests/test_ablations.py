@@ -6,8 +6,8 @@ import warnings
 
 import pytest
 
-from simsiam.callbacks import CollapseWarning
 from simsiam.cli import main
+from simsiam.train.callbacks import CollapseWarning
 
 # Demo images, a tiny network and a high lr, so that collapse shows within ~150 steps.
 SETTING = ["--epochs", "2", "--batch-size", "64", "--lr", "2.0", "--backbone", "resnet10-slim", "--proj-dim", "64",

@@ -5,7 +5,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from simsiam import Augment
-from simsiam.augment import _shift_hue
+from simsiam.augment import shift_hue
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -68,7 +68,7 @@ def test_identity_parameters_reproduce_the_image():
 def test_hue_matches_torchvision():
     x = torch.rand(6, 3, 8, 8)
     shift = torch.tensor([-0.1, -0.05, 0.0, 0.03, 0.08, 0.1])
-    ours = _shift_hue(x, shift)
+    ours = shift_hue(x, shift)
     ref = torch.stack([TF.adjust_hue(x[i], shift[i].item()) for i in range(6)])
     assert torch.allclose(ours, ref, atol=1e-5)
 
@@ -88,13 +88,13 @@ def test_bad_options_are_refused():
 
 
 def test_cpu_subset_path_equals_the_gpu_where_path():
-    from simsiam.augment import _where_samples
+    from simsiam.augment import where_samples
 
     x = torch.rand(6, 3, 8, 8)
     mask = torch.tensor([True, False, True, True, False, False])
     shift = torch.linspace(-0.1, 0.1, 6)
-    subset = _where_samples(mask, lambda i: _shift_hue(x[i], shift[i]), x.clone())
-    everywhere = torch.where(mask[:, None, None, None], _shift_hue(x, shift), x)
+    subset = where_samples(mask, lambda i: shift_hue(x[i], shift[i]), x.clone())
+    everywhere = torch.where(mask[:, None, None, None], shift_hue(x, shift), x)
     assert torch.allclose(subset, everywhere, atol=1e-6)
 
 

@@ -96,7 +96,7 @@ def test_an_image_size_found_from_the_data_says_so(tmp_path, capsys):
 
 
 def test_cpu_bf16_is_for_resnets_only(monkeypatch):
-    monkeypatch.setattr("simsiam.config.cpu_has_bf16_units", lambda: True)
+    monkeypatch.setattr("simsiam.config.layers.cpu_has_bf16_units", lambda: True)
     assert cpu_bf16_trains(32, True, "resnet18") and cpu_bf16_trains(32, False, "resnet10-tiny")
     assert not cpu_bf16_trains(224, False, "mobilenet_v3_small") and not cpu_bf16_trains(224, False, "timm:resnet18")
     assert resolve(TrainConfig.from_dict({"model": {"backbone": "convnext_tiny"}}), 64, on_gpu=False).precision == "32-true"

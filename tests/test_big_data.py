@@ -25,15 +25,15 @@ import torch
 from PIL import Image
 
 import simsiam
-from simsiam import disk_images
-from simsiam.batches import Batches, BatchSource, ShardedBatches, in_order
+import simsiam.system
 from simsiam.checkpoint import read_checkpoint
 from simsiam.cli import main
 from simsiam.config import layered, load_yaml
 from simsiam.data import load
-from simsiam.disk_images import DiskImages
+from simsiam.data.batches import Batches, BatchSource, ShardedBatches, in_order
+from simsiam.data.disk import DiskImages
 from simsiam.errors import TrainingInterrupted
-from simsiam.io import CacheWarning
+from simsiam.files import CacheWarning
 from simsiam.train import fit
 
 from .conftest import TINY, write_class_folder
@@ -136,7 +136,7 @@ def test_training_from_disk_is_bit_for_bit_that_from_memory_and_resumes_exactly(
 
 
 def test_auto_leaves_a_set_larger_than_memory_on_disk_as_jpeg(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(disk_images, "memory_available", lambda: 10_000)  # 10 kB free: nothing fits
+    monkeypatch.setattr(simsiam.system, "memory_available", lambda: 10_000)  # 10 kB free: nothing fits
     monkeypatch.setenv("SIMSIAM_CACHE", str(tmp_path / "cache"))
     data = photos(tmp_path / "data", 16, size=(96, 80))
     code = main(["train", str(data), "--out", str(tmp_path / "run"), *TINY, "--image-size", "32", "--epochs", "1", "--accelerator", "cpu"])
@@ -167,7 +167,7 @@ def test_the_imagenet_recipe_trains_on_large_jpegs_from_a_256_px_jpeg_cache(tmp_
     # embed reads the same 256 px cache and takes features of its 224 px centres: from memory, and from disk
     code = main(["embed", str(run), str(data), "--out", str(tmp_path / "memory.npz"), "--quiet"])
     assert code == 0, capsys.readouterr().err
-    monkeypatch.setattr(disk_images, "memory_available", lambda: 1000)  # nothing fits: read batch by batch from disk
+    monkeypatch.setattr(simsiam.system, "memory_available", lambda: 1000)  # nothing fits: read batch by batch from disk
     code = main(["embed", str(run), str(data), "--out", str(tmp_path / "disk.npz"), "--quiet"])
     assert code == 0, capsys.readouterr().err
     from_memory, from_disk = np.load(tmp_path / "memory.npz")["embedding"], np.load(tmp_path / "disk.npz")["embedding"]
@@ -181,7 +181,7 @@ def test_the_imagenet_recipe_trains_on_large_jpegs_from_a_256_px_jpeg_cache(tmp_
 PEAK = textwrap.dedent(
     """
     import sys, torch
-    from simsiam.batches import Batches, BatchSource, ShardedBatches
+    from simsiam.data.batches import Batches, BatchSource, ShardedBatches
     from simsiam.data import load
     from simsiam.evaluate import extract_features
 
@@ -269,10 +269,10 @@ def test_a_full_disk_while_writing_the_cache_is_one_line_and_leaves_nothing_half
 def test_a_disk_too_small_for_the_cache_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
     import shutil
 
-    import simsiam.folder_cache
+    import simsiam.data.folder
 
     real = shutil.disk_usage
-    monkeypatch.setattr(simsiam.folder_cache.shutil, "disk_usage", lambda p: real(p)._replace(free=50_000))
+    monkeypatch.setattr(simsiam.data.folder.shutil, "disk_usage", lambda p: real(p)._replace(free=50_000))
     monkeypatch.setenv("SIMSIAM_CACHE", str(tmp_path / "cache"))
     data = photos(tmp_path / "data", 8, size=(64, 64))
     code = main(["train", str(data), "--out", str(tmp_path / "run"), "--image-size", "64", "--cache-format", "raw", "--epochs", "1"])

@@ -14,7 +14,7 @@ from simsiam.config import (
     recipe,
     resolve,
     resume_config,
-)  # fmt: skip
+)
 from simsiam.errors import RunError
 from simsiam.options import resumable_keys, walk
 

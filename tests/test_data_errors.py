@@ -143,13 +143,13 @@ def test_messy_folder_skips_bad_files_with_one_warning_naming_each(messy):
 def test_the_gpu_decoding_path_skips_the_same_files(messy):
     """The nvJPEG path (torchvision's decode_jpeg), run here on the CPU: the same files decode, the same are named."""
     from simsiam.data import list_images
-    from simsiam.decode import decode_files
+    from simsiam.data.bulk import decode_all
 
     files, _, _ = list_images(messy)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision's deprecation notice, and the refused batch that goes to Pillow
-        images, keep, skipped = decode_files(files, 16, progress=False, jpeg_device="cpu")
-    _, keep_pillow, skipped_pillow = decode_files(files, 16, progress=False)
+        images, keep, skipped = decode_all(files, 16, progress=False, jpeg_device="cpu")
+    _, keep_pillow, skipped_pillow = decode_all(files, 16, progress=False)
     assert keep == keep_pillow and skipped == skipped_pillow and len(skipped) == len(BAD)
     assert images[keep].shape == (GOOD, 3, 16, 16)
 

@@ -24,8 +24,9 @@ import torch
 from PIL import Image
 
 from simsiam.data import DataError, SkippedImagesWarning, list_images, load, load_folder
-from simsiam.decode import MAX_PIXELS, decode_files, decode_image
-from simsiam.io import CacheWarning
+from simsiam.data.bulk import decode_all
+from simsiam.data.decode import MAX_PIXELS, decode_image
+from simsiam.files import CacheWarning
 
 
 @pytest.fixture(autouse=True)
@@ -172,7 +173,7 @@ def test_the_gpu_decoding_path_refuses_bombs_too(tmp_path):
     before = _peak_mib()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _, keep, skipped = decode_files(files, 16, progress=False, jpeg_device="cpu")
+        _, keep, skipped = decode_all(files, 16, progress=False, jpeg_device="cpu")
     assert _peak_mib() - before < 300
     assert len(keep) == 4 and len(skipped) == 1 and "bomb.jpg: refused" in skipped[0]
 
@@ -207,7 +208,7 @@ def test_fifos_and_devices_in_data_are_skipped_without_being_opened(tmp_path, jp
     def run():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return decode_files(files, 16, progress=False, jpeg_device=jpeg_device)
+            return decode_all(files, 16, progress=False, jpeg_device=jpeg_device)
 
     finished, result = _finishes(run, 30, [root / "pipe.jpg", root / "pipe.png"])
     assert finished, "decoding blocked on a FIFO"
@@ -421,13 +422,14 @@ def test_a_postscript_file_in_data_never_runs_ghostscript(tmp_path, name, kind):
     probe = (
         "import warnings, sys\n"
         "from simsiam.data import load\n"
-        "from simsiam.decode import decode_files, decode_image\n"
+        "from simsiam.data.bulk import decode_all\n"
+        "from simsiam.data.decode import decode_image\n"
         "from simsiam.data import list_images\n"
         "with warnings.catch_warnings(record=True) as said:\n"
         "    warnings.simplefilter('always')\n"
         f"    ds = load({str(root)!r}, progress=False)\n"
         f"    files, _, _ = list_images(__import__('pathlib').Path({str(root)!r}))\n"
-        "    decode_files(files, 16, progress=False, jpeg_device='cpu')\n"
+        "    decode_all(files, 16, progress=False, jpeg_device='cpu')\n"
         "print(len(ds))\n"
         "print([str(w.message) for w in said])\n"
         "try:\n"

@@ -21,8 +21,8 @@ import pytest
 import torch
 from PIL import Image
 
-from simsiam.batches import ShardedBatches
 from simsiam.cli import main
+from simsiam.data.batches import ShardedBatches
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 WORKER = Path(__file__).with_name("ddp_worker.py")

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from simsiam.data import DataError, ImageSet
+from simsiam.errors import BackboneChangedError
 from simsiam.evaluate import (
-    BackboneChangedError,
     align_labels,
     backbone_snapshot,
     check_unchanged,

@@ -8,7 +8,8 @@ import torch
 
 from simsiam.config import ConfigError
 from simsiam.data import ImageSet
-from simsiam.explore import grid_thumbnails, nearest_neighbors, project_2d, read_embeddings, write_embeddings
+from simsiam.embeddings import read_embeddings, write_embeddings
+from simsiam.explore import grid_thumbnails, nearest_neighbors, project_2d
 
 
 def test_nearest_neighbors_rank_by_cosine_and_leave_the_query_out():
@@ -147,7 +148,7 @@ def test_importing_simsiam_changes_no_global_state():
     code = (
         "import sys, matplotlib, PIL.Image as I; limit = I.MAX_IMAGE_PIXELS; "
         "backend = matplotlib.rcParams._get_backend_or_none(); "
-        "import simsiam, simsiam.data, simsiam.decode, simsiam.evaluate, simsiam.explore, simsiam.export; "
+        "import simsiam, simsiam.data, simsiam.data.decode, simsiam.evaluate, simsiam.explore, simsiam.export; "
         "print(sorted(m for m in ('lightning', 'matplotlib.pyplot') if m in sys.modules), "
         "I.MAX_IMAGE_PIXELS == limit, matplotlib.rcParams._get_backend_or_none() == backend)"
     )

@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from simsiam.cache import probe_rows
 from simsiam.data import DataError, load
-from simsiam.decode import decode_image
-from simsiam.io import CacheWarning
+from simsiam.data.cache import probe_rows
+from simsiam.data.decode import decode_image
+from simsiam.files import CacheWarning
 
 N = 40  # more images than the 16 sampled when an entry is opened
 

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import simsiam.stacks
+import simsiam.data.decode
 from simsiam.cli import main
 from simsiam.data import DataError, SkippedImagesWarning, load, load_folder
-from simsiam.decode import MAX_CHANNELS, MAX_IMAGE_BYTES, MAX_PIXELS, decode_image
+from simsiam.data.decode import MAX_CHANNELS, MAX_IMAGE_BYTES, MAX_PIXELS, decode_image
 
 TINY = ["--backbone", "resnet10-tiny", "--proj-dim", "16", "--pred-hidden-dim", "8", "--batch-size", "2", "--epochs", "1"]
 TINY += ["--image-size", "8", "--quiet"]
@@ -149,7 +149,7 @@ def test_a_small_npz_declaring_more_than_the_budget_is_refused_before_decompress
 def test_the_budget_is_the_bytes_of_an_rgb_image_of_max_pixels(tmp_path, monkeypatch):
     """At the budget an array is read; one byte a value more (uint16) and it is refused, from the header."""
     assert MAX_IMAGE_BYTES == 3 * MAX_PIXELS
-    monkeypatch.setattr(simsiam.stacks, "MAX_IMAGE_BYTES", 16 * 16 * 3)
+    monkeypatch.setattr(simsiam.data.decode, "MAX_IMAGE_BYTES", 16 * 16 * 3)
     np.save(tmp_path / "at.npy", np.full((16, 16, 3), 7, np.uint8))
     np.save(tmp_path / "above.npy", np.full((16, 16, 3), 7 * 257, np.uint16))
     np.savez_compressed(tmp_path / "above.npz", image=np.full((16, 16, 3), 7 * 257, np.uint16))
@@ -157,7 +157,7 @@ def test_the_budget_is_the_bytes_of_an_rgb_image_of_max_pixels(tmp_path, monkeyp
     for name in ("above.npy", "above.npz"):
         with pytest.raises(DataError, match=r"768 values of 2 bytes, above the limit of .* 768 bytes an image"):
             decode_image(tmp_path / name, 8)
-    monkeypatch.setattr(simsiam.stacks, "MAX_IMAGE_BYTES", 16 * 16 * 3 * 2)
+    monkeypatch.setattr(simsiam.data.decode, "MAX_IMAGE_BYTES", 16 * 16 * 3 * 2)
     assert decode_image(tmp_path / "above.npy", 8).unique().tolist() == [7]
 
 
@@ -493,18 +493,18 @@ def test_a_link_to_a_regular_file_is_followed_and_a_folder_named_like_an_image_i
 
 
 def test_a_file_that_disappears_between_listing_and_decoding_is_named(tmp_path, monkeypatch, capsys):
-    import simsiam.data
+    import simsiam.data.sources
 
     root = _images(tmp_path / "data")
     (root / "gone.png").write_bytes((root / "0.png").read_bytes())
-    listed = simsiam.data.list_images
+    listed = simsiam.data.sources.list_images
 
     def list_then_delete(*args, **kwargs):
         found = listed(*args, **kwargs)
         (root / "gone.png").unlink(missing_ok=True)
         return found
 
-    monkeypatch.setattr(simsiam.data, "list_images", list_then_delete)
+    monkeypatch.setattr(simsiam.data.sources, "list_images", list_then_delete)
     ds, said = _load(root, image_size=8)
     assert len(ds) == 3 and len(said) == 1 and "gone.png: cannot read (No such file or directory)" in said[0]
     (root / "gone.png").write_bytes((root / "0.png").read_bytes())

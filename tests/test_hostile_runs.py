@@ -21,8 +21,9 @@ import pytest
 
 from simsiam.cli import main
 from simsiam.config import TrainConfig
-from simsiam.launch import LAUNCH_VARIABLES, check_processes
-from simsiam.run_folder import MARKER, RunFolder
+from simsiam.files import MARKER
+from simsiam.run_folder import RunFolder
+from simsiam.train.launch import LAUNCH_VARIABLES, check_processes
 
 from .conftest import TINY, write_class_folder
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import simsiam.io
-from simsiam.io import CacheWarning, atomic_write, eval_mode, load_cached, partial_path, remove_partial_files, save_cached
+import simsiam.files
+from simsiam.files import CacheWarning, atomic_write, eval_mode, load_cached, partial_path, remove_partial_files, save_cached
 
-IO_MODULE = Path(simsiam.io.__file__)
+IO_MODULE = Path(simsiam.files.__file__)
 
 # A child process that lowers its file-size limit (RLIMIT_FSIZE: writes past it fail with
 # EFBIG, as they fail with ENOSPC on a full disk) and writes each kind of output over an old file.
@@ -34,7 +34,7 @@ FILE_SIZE_LIMIT = textwrap.dedent(
     from pathlib import Path
     from simsiam.data import ImageSet
     from simsiam.explore import plot_training, write_embeddings
-    from simsiam.io import save_torch_atomic, write_json
+    from simsiam.files import save_torch_atomic, write_json
     from simsiam.model import SimSiam
     from simsiam.config import TrainConfig, resolve
     from simsiam.export import export_onnx, export_torchvision
@@ -197,7 +197,7 @@ def test_eval_mode_restores_each_submodule_own_mode():
 
 
 def test_show_path_keeps_one_line():
-    from simsiam.io import show_path
+    from simsiam.files import show_path
 
     name = os.fsdecode(b"a\nb\rc\x1b\xff.png")
     assert show_path(name) == "a\\nb\\rc\\x1b\\xff.png"

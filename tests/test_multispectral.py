@@ -17,7 +17,7 @@ from simsiam.checkpoint import load_checkpoint
 from simsiam.cli import main
 from simsiam.config import TrainConfig
 from simsiam.data import SkippedImagesWarning, channel_stats, load
-from simsiam.decode import MAX_CHANNELS, decode_image
+from simsiam.data.decode import MAX_CHANNELS, decode_image
 from simsiam.errors import ConfigError, DataError
 from simsiam.evaluate import normalize_images
 from simsiam.options import validate

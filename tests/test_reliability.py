@@ -40,7 +40,7 @@ from simsiam.checkpoint import read_checkpoint
 from simsiam.cli import main
 from simsiam.config import layered
 from simsiam.errors import NonFiniteLossError, TrainingInterrupted
-from simsiam.io import atomic_write, partial_path
+from simsiam.files import atomic_write, partial_path
 from simsiam.run_folder import RunFolder
 from simsiam.train import fit
 
@@ -325,7 +325,7 @@ def _full_disk_then_resume(env, reference, out: Path, resume_in: Path) -> None:
 
 def test_full_disk_during_a_save_keeps_the_previous_checkpoint(env, reference, tmp_path, monkeypatch):
     """ENOSPC at the write itself: the second checkpoint gets 1 kB onto the disk, then the disk is full."""
-    import simsiam.io
+    import simsiam.files
 
     opened = []
 
@@ -337,7 +337,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(env, reference, t
                 return _FullDisk(f, room=1024)
         return f
 
-    monkeypatch.setattr(simsiam.io, "open", open_on_a_filling_disk, raising=False)
+    monkeypatch.setattr(simsiam.files, "open", open_on_a_filling_disk, raising=False)
     _full_disk_then_resume(env, reference, tmp_path / "run", resume_in=tmp_path / "run")
 
 

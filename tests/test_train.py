@@ -7,9 +7,9 @@ import re
 import pytest
 import torch
 
-from simsiam.batches import ShardedBatches
 from simsiam.cli import main
-from simsiam.engine import lr_factor
+from simsiam.data.batches import ShardedBatches
+from simsiam.train.module import lr_factor
 
 from .conftest import TINY
 

@@ -1,4 +1,4 @@
-"""Build src/simsiam/demo/cifar10_demo.npz from a CIFAR-10 JPEG folder (one subfolder per class).
+"""Build src/simsiam/data/demo/cifar10_demo.npz from a CIFAR-10 JPEG folder (one subfolder per class).
 
 Usage: python tools/make_demo.py ../shared/data/cifar10/val
 
@@ -19,7 +19,7 @@ for label, name in enumerate(classes):
         blobs.append(f.read_bytes())
         labels.append(label)
 offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
-out = Path(__file__).resolve().parents[1] / "src" / "simsiam" / "demo" / "cifar10_demo.npz"
+out = Path(__file__).resolve().parents[1] / "src" / "simsiam" / "data" / "demo" / "cifar10_demo.npz"
 np.savez(
     out,
     jpeg=np.frombuffer(b"".join(blobs), dtype=np.uint8),

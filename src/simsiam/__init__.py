@@ -10,10 +10,10 @@ matplotlib. ``load_checkpoint`` (which needs Lightning) is imported on first use
 
 from typing import Any
 
-from .augment import Augment
-from .evaluate import knn_accuracy
-from .loss import simsiam_loss
-from .model import PredictionHead, ProjectionHead, SimSiam
+from simsiam.augment import Augment
+from simsiam.evaluate import knn_accuracy
+from simsiam.loss import simsiam_loss
+from simsiam.model.siamese import PredictionHead, ProjectionHead, SimSiam
 
 __all__ = ["SimSiam", "ProjectionHead", "PredictionHead", "simsiam_loss", "Augment", "knn_accuracy", "load_checkpoint"]
 __version__ = "0.1.0"
@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     if name == "load_checkpoint":  # Lightning's import takes seconds: only when a checkpoint is read
-        from .checkpoint import load_checkpoint
+        from simsiam.checkpoint import load_checkpoint
 
         return load_checkpoint
     raise AttributeError(f"module 'simsiam' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """Checkpoints: saved whole, read back with clear errors, loaded as the trained SimSiam.
 
-Training writes checkpoints through Lightning with :func:`simsiam.io.save_torch_atomic`
+Training writes checkpoints through Lightning with :func:`simsiam.files.save_torch_atomic`
 (``AtomicCheckpointIO`` in :mod:`simsiam.train`): to a hidden temporary file
 beside the target, renamed into place, so ``last.ckpt`` is always a complete
 checkpoint: a kill during a save leaves the previous one, and a full disk raises
@@ -38,11 +38,11 @@ from typing import Any
 
 import torch
 
-from .config import TrainConfig
-from .errors import CheckpointError, ConfigError
-from .model import SimSiam
-from .options import validate
-from .run_folder import LAST, RunFolder
+from simsiam.config.schema import TrainConfig
+from simsiam.errors import CheckpointError, ConfigError
+from simsiam.model.siamese import SimSiam
+from simsiam.options import validate
+from simsiam.run_folder import LAST, RunFolder
 
 # Weight names of the previous layout -> today's (the LightningModule prefixes "model.").
 LEGACY_PREFIXES = {"model.backbone.": "model.encoder.backbone.", "model.projector.": "model.encoder.projector."}

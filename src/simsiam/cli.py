@@ -13,8 +13,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from .commands import EMBED_EXTENSIONS, EVAL_EXTENSIONS, FIGURE_EXTENSIONS, POSITIVE, RANGES, add_commands
-from .errors import ConfigError, SimSiamError, TrainingInterrupted
+from simsiam.commands import EMBED_EXTENSIONS, EVAL_EXTENSIONS, FIGURE_EXTENSIONS, POSITIVE, RANGES, add_commands
+from simsiam.errors import ConfigError, SimSiamError, TrainingInterrupted
 
 __all__ = ["main", "build_parser", "train_config"]
 # The commands that read a checkpoint live in simsiam.commands; their constants are re-exported here.
@@ -22,8 +22,8 @@ __all__ += ["EVAL_EXTENSIONS", "EMBED_EXTENSIONS", "FIGURE_EXTENSIONS", "RANGES"
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .config import TrainConfig
-    from .options import add_flags
+    from simsiam.config.schema import TrainConfig
+    from simsiam.options import add_flags
 
     p = sub.add_parser(
         "train",
@@ -47,10 +47,11 @@ def train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[st
     """
     import torch
 
-    from .config import TrainConfig, check, check_networks, check_paths, layered
-    from .config_file import load_yaml
-    from .options import flatten, given_flags
-    from .recipes import default_recipe
+    from simsiam.config.file import load_yaml
+    from simsiam.config.layers import check, check_networks, check_paths, layered
+    from simsiam.config.recipes import default_recipe
+    from simsiam.config.schema import TrainConfig
+    from simsiam.options import flatten, given_flags
 
     flags = given_flags(args, TrainConfig)
     if args.data is not None:
@@ -74,7 +75,7 @@ def train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[st
 def _train(args: argparse.Namespace) -> int:
     from lightning.pytorch.utilities import rank_zero_only  # under DDP every process runs this; rank 0 speaks
 
-    from .train import fit
+    from simsiam.train.run import fit
 
     cfg, flags, names, note = train_config(args)
     if note:
@@ -122,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _report(command: str, e: Exception) -> int:
     """One line on stderr for an error, and the exit status: 2 bad input, 130 interrupted, 1 a bug."""
     if isinstance(e, ConfigError) and e.key:  # a library parameter: name it as the flag a user types
-        from .config import TrainConfig
-        from .options import flag_of
+        from simsiam.config.schema import TrainConfig
+        from simsiam.options import flag_of
 
         e = e.named(flag_of(TrainConfig, e.key) or "--" + e.key.replace("_", "-"))
     if isinstance(e, SimSiamError):

@@ -15,10 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .io import show_path
-from .limits import MAX_BATCH, MAX_EPOCHS, MAX_KNN_K, MAX_LR, existing_path, output_problem, path_problem
-from .options import at_least, positive_up_to
+from simsiam.errors import ConfigError
+from simsiam.files import show_path
+from simsiam.options import MAX_BATCH, MAX_EPOCHS, MAX_KNN_K, MAX_LR, at_least, existing_path, output_problem, path_problem, positive_up_to
 
 EVAL_EXTENSIONS = (".json",)
 EMBED_EXTENSIONS = (".parquet", ".npz")
@@ -190,7 +189,7 @@ def _check_out(out: Path, suffixes: tuple[str, ...], problem: str | None = None)
 
 def _output(args: argparse.Namespace, file: Path, default_name: str, suffixes: tuple[str, ...]) -> Path:
     """--out (checked already), or ``default_name`` in the run folder."""
-    from .run_folder import RunFolder
+    from simsiam.run_folder import RunFolder
 
     return Path(args.out) if args.out is not None else _check_out(RunFolder.of_checkpoint(file).path / default_name, suffixes)
 
@@ -205,7 +204,7 @@ def _device(accelerator: str) -> Any:
 
 def _open(args: argparse.Namespace, default_name: str | Callable[[Any], str], suffixes: tuple[str, ...]) -> tuple[Any, Any, Path, Path]:
     """What every command that reads a checkpoint starts with: checked options, the model, its config, its file, the output path."""
-    from .checkpoint import load_checkpoint, resolve_checkpoint
+    from simsiam.checkpoint import load_checkpoint, resolve_checkpoint
 
     _check_options(args, suffixes)
     _device(getattr(args, "accelerator", "cpu"))  # --accelerator gpu without a GPU fails before any work
@@ -217,7 +216,7 @@ def _open(args: argparse.Namespace, default_name: str | Callable[[Any], str], su
 
 def _images(args: argparse.Namespace, cfg: Any, data: str | None) -> Any:
     """DATA decoded at the training resolution; the demo set, said out loud, when DATA was left out."""
-    from . import data as data_module
+    from simsiam import data as data_module
 
     if data is None:
         print("no DATA given: using the bundled demo set (5,000 CIFAR-10 images); pass DATA for your own images")
@@ -227,7 +226,7 @@ def _images(args: argparse.Namespace, cfg: Any, data: str | None) -> Any:
 
 
 def _features(args: argparse.Namespace, model: Any, cfg: Any, file: Path, images: Any) -> Any:
-    from .evaluate import feature_cache_key, features_of
+    from simsiam.evaluate import feature_cache_key, features_of
 
     key = feature_cache_key(file, images.images) if args.cache_features else None
     mean, std = cfg.normalization()  # as in training
@@ -240,8 +239,8 @@ def _features(args: argparse.Namespace, model: Any, cfg: Any, file: Path, images
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_encoder
-    from .io import write_json
+    from simsiam.evaluate import evaluate_encoder
+    from simsiam.files import write_json
 
     model, cfg, file, out = _open(args, "evaluation.json", EVAL_EXTENSIONS)
     train, test = _images(args, cfg, args.train), _images(args, cfg, args.test)
@@ -270,7 +269,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from .explore import write_embeddings
+    from simsiam.embeddings import write_embeddings
 
     model, cfg, file, out = _open(args, "embeddings.parquet", EMBED_EXTENSIONS)
     images = _images(args, cfg, args.data)
@@ -282,7 +281,7 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _neighbors(args: argparse.Namespace) -> int:
-    from .explore import neighbor_grid, plot_neighbors
+    from simsiam.explore import neighbor_grid, plot_neighbors
 
     model, cfg, file, out = _open(args, "neighbors.png", FIGURE_EXTENSIONS)
     bank = _images(args, cfg, args.data)
@@ -300,7 +299,7 @@ def _neighbors(args: argparse.Namespace) -> int:
 def _map(args: argparse.Namespace) -> int:
     import torch
 
-    from .explore import map_method, plot_map, project_2d
+    from simsiam.explore import map_method, plot_map, project_2d
 
     method = map_method(args.method)
     model, cfg, file, out = _open(args, "map.png", FIGURE_EXTENSIONS)  # a bad checkpoint is the one line printed, before any note
@@ -325,11 +324,11 @@ def _map(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import check_onnx, describe_input, export_onnx, export_torchvision, loading_code
+    from simsiam.export import check_onnx, describe_input, export_onnx, export_torchvision, loading_code
 
     suffixes = (".onnx",) if args.format == "onnx" else (".pt", ".pth")
     if args.format == "onnx":
-        from .export import require_onnx
+        from simsiam.export import require_onnx
 
         require_onnx()  # before any work: the extra to install is the one line printed
     # "timm:convnext_atto" -> timm_convnext_atto.pt: a colon is no file name character everywhere

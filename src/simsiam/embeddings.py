@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import ImageSet
-from .errors import ConfigError
-from .io import atomic_write, show_path
+from simsiam.data.sources import ImageSet
+from simsiam.errors import ConfigError
+from simsiam.files import atomic_write, show_path
 
 
 def write_embeddings(path: str | Path, features: torch.Tensor, images: ImageSet, metadata: dict[str, Any] | None = None) -> None:

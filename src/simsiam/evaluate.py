@@ -11,14 +11,17 @@ import hashlib
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD
-from .data import ImageSet
-from .errors import BackboneChangedError, DataError
-from .io import cache_path, eval_mode, load_cached, save_cached, show_path
+from simsiam.augment import IMAGENET_MEAN, IMAGENET_STD
+from simsiam.errors import BackboneChangedError, DataError
+from simsiam.files import cache_path, eval_mode, load_cached, save_cached, show_path
+
+if TYPE_CHECKING:  # the data layer loads when a set is read, not with the package
+    from simsiam.data.sources import ImageSet
 
 __all__ = ["BackboneChangedError", "normalize_images", "extract_features", "knn_predict", "knn_accuracy", "z_std"]
 __all__ += ["collapse_level", "backbone_snapshot", "check_unchanged", "linear_probe", "feature_cache_key", "features_of"]
@@ -68,11 +71,11 @@ def extract_features(
     and, with ``crop``, centre-cropped to crop x crop first (images cached larger
     than the training size: resize 256, centre crop 224, as ImageNet evaluation
     does). ``images`` may be a tensor or images left on disk
-    (:class:`~simsiam.disk_images.DiskImages`): batches are read ahead in the
-    background (:func:`simsiam.batches.in_order`), never all at once.
+    (:class:`~simsiam.data.disk.DiskImages`): batches are read ahead in the
+    background (:func:`simsiam.data.batches.in_order`), never all at once.
     The model's train/eval state is restored afterwards.
     """
-    from .batches import in_order
+    from simsiam.data.batches import in_order
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     out = []
@@ -82,7 +85,7 @@ def extract_features(
 
         batches = tqdm(batches, total=-(-images.shape[0] // batch_size), desc="extracting features", unit="batch")
     # bf16 where it is fast (as in training): on a GPU, and on a CPU with bf16 matrix units.
-    from .config import cpu_has_bf16_units
+    from simsiam.system import cpu_has_bf16_units
 
     bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_units())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -326,7 +329,7 @@ def features_of(
     a CheckpointError naming ``checkpoint``: NaN never reaches an output file or the cache.
 
     Returns the features and the cache file when one was used. The cache lives
-    beside the image cache (``$SIMSIAM_CACHE/features``, see :mod:`simsiam.io`);
+    beside the image cache (``$SIMSIAM_CACHE/features``, see :mod:`simsiam.files`);
     an entry that is damaged or does not fit ``images`` is named in a warning and
     extracted again.
     """
@@ -344,7 +347,7 @@ def features_of(
     model.to(device)
     options = dict(batch_size=batch_size, device=device, progress=progress, mean=mean, std=std, crop=crop)
     feats = extract_features(model, images, **options)  # (N, D)
-    from .checkpoint import check_finite_features  # here: `import simsiam` does not load the config machinery
+    from simsiam.checkpoint import check_finite_features
 
     check_finite_features(feats, checkpoint)
     file = save_cached(name, feats.cpu(), "feature cache") if name is not None else None

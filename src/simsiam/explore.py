@@ -6,7 +6,7 @@ evaluate.features_of) and the decoded images they came from; only
 
 Figures are drawn on ``matplotlib.figure.Figure`` objects, which need no global
 backend (importing this module changes nothing in matplotlib), and every file is
-written atomically (see :mod:`simsiam.io`): a failed write leaves the previous
+written atomically (see :mod:`simsiam.files`): a failed write leaves the previous
 file and raises an OSError that names it.
 """
 
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import ImageSet
-from .decode import decode_image
-from .embeddings import read_embeddings, write_embeddings
-from .errors import ConfigError, DataError
-from .io import atomic_write, show_path
+from simsiam.data.decode import decode_image
+from simsiam.data.sources import ImageSet
+from simsiam.embeddings import read_embeddings, write_embeddings
+from simsiam.errors import ConfigError, DataError
+from simsiam.files import atomic_write, show_path
 
 __all__ = ["save_figure", "plot_training", "nearest_neighbors", "shown", "NeighborGrid", "neighbor_grid", "plot_neighbors"]
 __all__ += ["map_method", "project_2d", "grid_thumbnails", "class_colors", "plot_map"]
@@ -170,7 +170,7 @@ def neighbor_grid(
     device = torch.device(device) if device is not None else bank_features.device
     if queries:
         images = torch.stack([_decode_query(q, bank.image_size, bank.channels) for q in queries])  # (Q, C, S, S) uint8
-        from .evaluate import features_of
+        from simsiam.evaluate import features_of
 
         query_features, _ = features_of(model, images, device, mean=mean, std=std, crop=crop)  # (Q, D); crop: as the bank's
         where = {os.path.realpath(p): i for i, p in enumerate(bank.paths)}

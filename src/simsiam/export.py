@@ -30,11 +30,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .backbones import SLIM_WIDTHS, TIMM, BackboneInfo, build
-from .config import TrainConfig
-from .errors import RunError
-from .io import atomic_write, eval_mode, save_torch_atomic, write_json
-from .model import SimSiam
+from simsiam.config.schema import TrainConfig
+from simsiam.errors import RunError
+from simsiam.files import atomic_write, eval_mode, save_torch_atomic, write_json
+from simsiam.model.backbones import SLIM_WIDTHS, TIMM, BackboneInfo, build
+from simsiam.model.siamese import SimSiam
 
 ONNX_EXTRA = "pip install 'simsiam[onnx]'"
 

@@ -37,14 +37,13 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from .errors import RunError
-from .io import PARTIAL_SUFFIX, atomic_write, remove_partial_files, write_json
+from simsiam.errors import RunError
+from simsiam.files import MARKER, PARTIAL_SUFFIX, atomic_write, remove_partial_files, write_json
 
 CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
 BEST = "best.ckpt"
 LOCK = ".lock"
-MARKER = "simsiam-run.json"
 MARKER_FORMAT = "simsiam-run"  # the marker's "format"; a file a user could have by chance does not say it
 MAX_MARKER_BYTES = 1 << 16
 METRIC_COLUMNS = ("epoch", "loss", "z_std", "collapse", "lr", "images_per_s", "knn_top1", "seconds")
@@ -139,9 +138,9 @@ class RunFolder:
             return True
         if not (self.last_checkpoint.is_file() and self.config.is_file()):
             return False
-        from .config_file import load_yaml
-        from .errors import SimSiamError
-        from .schema import TrainConfig
+        from simsiam.config.file import load_yaml
+        from simsiam.config.schema import TrainConfig
+        from simsiam.errors import SimSiamError
 
         try:
             TrainConfig.from_dict(load_yaml(self.config), where=str(self.config))

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import ResNet
 
-from .errors import ConfigError
+from simsiam.errors import ConfigError
 
 
 def remove_classifier(net: nn.Module, name: str) -> str:

@@ -28,9 +28,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .errors import DataError
-from .guards import open_regular
-from .io import show_path
+from simsiam.data.decode import open_regular
+from simsiam.errors import DataError
+from simsiam.files import show_path
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:

@@ -4,8 +4,7 @@
 files in order, ``chunk`` files at a time, so that a folder of any size is
 decoded in bounded memory (two chunks in flight at most: the one the caller is
 writing, and the next one being decoded). :func:`decode_all` gathers every chunk
-into one tensor, for sets small enough to hold (and for the library's
-:func:`simsiam.decode.decode_files`).
+into one tensor, for sets small enough to hold.
 
 Both paths accept and refuse the same files: a JPEG that nvJPEG refuses (or any
 file that is not a plain RGB or grey JPEG) goes through Pillow, and every failure
@@ -15,10 +14,9 @@ is one line naming the file (:class:`~simsiam.errors.DataError`).
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +25,10 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .disk_images import batch_buffer
-from .errors import DataError
-from .guards import MAX_PIXELS, error_text, open_regular, quiet_bomb_warning
-from .image_file import decode_image
+from simsiam.data.decode import MAX_PIXELS, decode_image, error_text, open_regular, quiet_bomb_warning
+from simsiam.data.disk import batch_buffer
+from simsiam.errors import DataError
+from simsiam.system import pool as shared_pool
 
 __all__ = ["Chunk", "decode_chunks", "decode_all", "fit_on_device", "CHUNK_BYTES"]
 
@@ -48,10 +46,6 @@ class Chunk:
     images: torch.Tensor  # (k, C, S, S) uint8: the files of the chunk that decoded, in order
     keep: list[int]  # their indices into the list of files
     skipped: list[str]  # why each of the others did not decode, in file order, one line each
-
-
-def decoder_threads() -> int:
-    return min(16, (os.cpu_count() or 1) + 1)
 
 
 def decode_chunks(
@@ -73,7 +67,8 @@ def decode_chunks(
     """
     on_device = jpeg_device is not None and channels == 3  # nvJPEG gives RGB; other channel counts go through decode_image
     bar = tqdm(total=len(files), desc="decoding images" + (" (GPU)" if on_device else ""), disable=not progress, unit="img")
-    pool = ThreadPoolExecutor(max_workers=decoder_threads())
+    pool = shared_pool()
+    in_flight: list[Future] = []
     try:
         with quiet_bomb_warning():
             if on_device:
@@ -90,6 +85,7 @@ def decode_chunks(
                 part = files[start : start + chunk]
                 out = batch_buffer((len(part), channels, size, size))  # its memory goes back to the system when freed
                 submitted = (start, out, [pool.submit(_attempt, f, size, channels, out[j]) for j, f in enumerate(part)])
+                in_flight = (pending[2] if pending is not None else []) + submitted[2]
                 if pending is not None:
                     yield _collect(*pending, strict)
                     bar.update(len(pending[2]))
@@ -98,8 +94,11 @@ def decode_chunks(
                 yield _collect(*pending, strict)
                 bar.update(len(pending[2]))
     finally:
-        # On --strict's first bad file (or Ctrl-C, or a full disk), do not decode the rest first.
-        pool.shutdown(wait=True, cancel_futures=True)
+        # On --strict's first bad file (or Ctrl-C, or a full disk), do not decode the rest first;
+        # the pool is shared, so this drops the work of this call only.
+        for future in in_flight:
+            future.cancel()
+        wait(in_flight)
         bar.close()
 
 

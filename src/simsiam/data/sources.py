@@ -11,15 +11,15 @@ augmentation. Three sources are understood:
 - the bundled demo set (``data=None``): 5,000 labeled 32x32 images of CIFAR-10's
   validation split, stored as their JPEG bytes in one 5 MB file.
 
-Images are decoded by :mod:`simsiam.decode` (resized, shorter side to S, and
+Images are decoded by :mod:`simsiam.data.decode` (resized, shorter side to S, and
 centre-cropped to S x S, once), a chunk at a time, straight into the image cache
-on disk (``$SIMSIAM_CACHE/images``, see :mod:`simsiam.cache`), and reused while
+on disk (``$SIMSIAM_CACHE/images``, see :mod:`simsiam.data.cache`), and reused while
 the files are unchanged; a folder's images are then read into memory when they
-fit, or left on disk and read by index (:mod:`simsiam.folder_cache`).
+fit, or left on disk and read by index (:mod:`simsiam.data.folder`).
 
 Reading DATA never runs code and never reads our own outputs: CIFAR batches are
 unpickled with a restricted unpickler that admits only the types the format
-uses (:func:`simsiam.cifar.read_cifar_pickle`), and a simsiam run folder inside
+uses (:func:`simsiam.data.cifar.read_cifar_pickle`), and a simsiam run folder inside
 DATA (``cd photos && simsiam train .``) is left out, with a warning naming it.
 """
 
@@ -32,7 +32,6 @@ import statistics
 import warnings
 from collections import Counter
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,14 +39,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .bulk_decode import decoder_threads
-from .cache import CACHE_VERSION
-from .decode import STACK_EXTENSIONS, channels_of, decode_image, image_size_of, read_cifar_pickle, show_path
-from .disk_images import DiskImages
-from .errors import ConfigError, DataError
-from .folder_cache import cached_folder
-from .io import cache_dir
-from .listing import IMAGE_EXTENSIONS, MAX_NAMED, SkippedImagesWarning, is_run_folder, list_images
+from simsiam.data.cache import CACHE_VERSION
+from simsiam.data.cifar import read_cifar_pickle
+from simsiam.data.decode import STACK_EXTENSIONS, channels_of, decode_image, image_size_of
+from simsiam.data.disk import DiskImages
+from simsiam.data.folder import IMAGE_EXTENSIONS, MAX_NAMED, SkippedImagesWarning, cached_folder, is_run_folder, list_images
+from simsiam.errors import ConfigError, DataError
+from simsiam.files import cache_dir, show_path
+from simsiam.system import pool
 
 __all__ = ["ImageSet", "DataError", "SkippedImagesWarning", "load", "load_folder", "load_cifar", "load_demo", "list_images"]
 __all__ += ["is_run_folder", "cache_dir", "decode_image", "show_path", "channel_stats"]
@@ -128,10 +127,9 @@ def _cache_key(kind: str, root: Path, files: list[Path], size: int) -> str:
     # os.fsencode: file names need not be valid UTF-8.
     h = hashlib.sha1(f"{CACHE_VERSION}|{kind}|{size}|".encode() + os.fsencode(root.resolve()))
     parts = [files[start : start + 256] for start in range(0, len(files), 256)]
-    with ThreadPoolExecutor(max_workers=decoder_threads()) as pool:
-        for part, stamps in zip(parts, pool.map(lambda part: [_file_stamp(f) for f in part], parts)):
-            for f, stamp in zip(part, stamps):
-                h.update(os.fsencode(f) + stamp.encode())
+    for part, stamps in zip(parts, pool().map(lambda part: [_file_stamp(f) for f in part], parts)):
+        for f, stamp in zip(part, stamps):
+            h.update(os.fsencode(f) + stamp.encode())
     return h.hexdigest()[:20]
 
 
@@ -193,12 +191,12 @@ def load_folder(
 ) -> ImageSet:
     """An image folder as an ImageSet, decoded once into the disk cache and then read from it; see :func:`load`.
 
-    The decoded images stay on disk (:class:`~simsiam.disk_images.DiskImages`)
+    The decoded images stay on disk (:class:`~simsiam.data.disk.DiskImages`)
     when they would take more than half of the free memory (for ``processes``
     copies), or with ``data_on="disk"``; ``"memory"`` always reads them in.
     ``cache_format``: raw pixels, or JPEGs re-encoded at high quality (several
     times smaller); ``auto`` takes JPEG when raw would not fit in memory or on disk
-    (see :mod:`simsiam.folder_cache`).
+    (see :mod:`simsiam.data.folder`).
 
     ``channels``: None finds the count from the data (3 for image files, C for
     stacks of C bands: the most common count over a sample); 1 reads every image

@@ -2,8 +2,8 @@
 
 Lightning owns devices, precision, DDP, SyncBatchNorm, checkpoints and logging;
 everything else about a run (the online kNN, the epoch report, Ctrl-C, exact
-resume) is a callback in :mod:`simsiam.callbacks`, and the batches come from
-:mod:`simsiam.batches`. What is here: batched augmentation inside the step, on
+resume) is a callback in :mod:`simsiam.train.callbacks`, and the batches come from
+:mod:`simsiam.data.batches`. What is here: batched augmentation inside the step, on
 the training device, and a step that never forces a host-device sync on a GPU
 except every ``log_every`` steps.
 """
@@ -17,13 +17,13 @@ from typing import Any
 import lightning as L
 import torch
 
-from .augment import Augment
-from .checkpoint import rename_legacy_weights
-from .config import TrainConfig
-from .errors import NonFiniteLossError, TrainingInterrupted
-from .evaluate import z_std
-from .loss import simsiam_loss
-from .model import SimSiam
+from simsiam.augment import Augment
+from simsiam.checkpoint import rename_legacy_weights
+from simsiam.config.schema import TrainConfig
+from simsiam.errors import NonFiniteLossError, TrainingInterrupted
+from simsiam.evaluate import z_std
+from simsiam.loss import simsiam_loss
+from simsiam.model.siamese import SimSiam
 
 __all__ = ["SimSiamModule", "lr_factor", "NonFiniteLossError", "TrainingInterrupted"]
 
@@ -46,7 +46,7 @@ class SimSiamModule(L.LightningModule):
     ``config`` is a resolved :class:`TrainConfig` as a dict (it goes into every
     checkpoint); ``steps_per_epoch`` sizes the schedule. ``training_step`` takes a
     (B, C, S, S) uint8 batch on the device and returns the loss and the batch's
-    z_std (for :class:`~simsiam.callbacks.EpochReport`).
+    z_std (for :class:`~simsiam.train.callbacks.EpochReport`).
     """
 
     def __init__(self, config: dict[str, Any], steps_per_epoch: int):

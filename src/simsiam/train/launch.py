@@ -21,8 +21,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from .config import TrainConfig
-from .errors import ConfigError, RunError
+from simsiam.config.schema import TrainConfig
+from simsiam.errors import ConfigError, RunError
 
 LAUNCHERS = {"LightningEnvironment": "Lightning", "TorchElasticEnvironment": "torchrun", "SLURMEnvironment": "SLURM"}
 DDP_TIMEOUT = "SIMSIAM_DDP_TIMEOUT"

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from simsiam.errors import ConfigError
 
 MAX_CONFIG_BYTES = 1 << 20
 

@@ -19,7 +19,7 @@ file and raises an ``OSError`` that names the target file and the cause.
 The disk cache (:func:`load_cached`, :func:`save_cached`) holds what is costly
 to compute again (extracted features) as torch files under ``$SIMSIAM_CACHE``
 (default ``~/.cache/simsiam``; decoded images have a format of their own there,
-see :mod:`simsiam.cache`). It is read weights-only, so a
+see :mod:`simsiam.data.cache`). It is read weights-only, so a
 cache file cannot run code; a file that is damaged or holds the wrong structure
 is named in a :class:`CacheWarning` and rebuilt; a cache that cannot be written
 (read-only, full) only costs the next run the work again.
@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 PARTIAL_SUFFIX = ".partial"
+MARKER = "simsiam-run.json"  # the file that says a folder is a run folder of ours (run_folder writes it; listing skips such folders)
 _PARTIAL_NAME = re.compile(r"^\..+?(?:\.(\d+))?\.partial$")
 
 
@@ -171,7 +172,7 @@ def remove_partial_files(folder: str | Path) -> list[Path]:
             if match is None or (match.group(1) is not None and _running_elsewhere(int(match.group(1)))):
                 continue
             with contextlib.suppress(OSError):
-                if p.is_dir() and not p.is_symlink():  # a partial image-cache entry (simsiam.cache)
+                if p.is_dir() and not p.is_symlink():  # a partial image-cache entry (simsiam.data.cache)
                     shutil.rmtree(p)
                 else:
                     p.unlink()

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, RunError
-from .io import show_path
-from .listing import SkippedImagesWarning, list_images
-from .run_folder import RunFolder
-from .schema import TrainConfig
+from simsiam.config.schema import TrainConfig
+from simsiam.data.folder import SkippedImagesWarning, list_images
+from simsiam.errors import DataError, RunError
+from simsiam.files import show_path
+from simsiam.run_folder import RunFolder
 
 # The options that name data: the config key, the name a user knows it by, and what "none" means for it.
 DATA_OPTIONS = (("data", "DATA", "the demo set"), ("val", "--val", "no --val"))
@@ -63,7 +63,7 @@ def fingerprint(data: str | None, exclude: Iterable[str | Path] = ()) -> Fingerp
     """The fingerprint of DATA (None for the demo set): the files :func:`simsiam.data.load` would read, listed, not decoded."""
     if data is None:
         return None
-    from .data import _is_cifar  # the same tell as data.load's
+    from simsiam.data.sources import _is_cifar
 
     path = Path(os.path.abspath(data))
     if not path.exists():

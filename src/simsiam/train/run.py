@@ -3,8 +3,8 @@
 ``fit`` is what ``simsiam train`` calls. In order: it checks the processes,
 claims the run folder (new, empty or a run's; see :meth:`RunFolder.claim`) and
 locks it before reading any data, records DATA and --val (absolute, with a
-fingerprint; checked on resume, :mod:`simsiam.run_data`), loads the images, builds the
-:class:`~simsiam.engine.SimSiamModule`, the callbacks of :mod:`simsiam.callbacks`
+fingerprint; checked on resume, :mod:`simsiam.train.run_data`), loads the images, builds the
+:class:`~simsiam.train.module.SimSiamModule`, the callbacks of :mod:`simsiam.train.callbacks`
 and a Lightning Trainer (devices, precision, DDP, checkpoints, TensorBoard),
 trains, and writes metrics.json, training.png and backbone.pt.
 """
@@ -28,18 +28,19 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from . import data as data_module
-from .batches import Batches, BatchSource, ShardedBatches
-from .callbacks import EpochReport, ExactResume, GracefulStop, OnlineKnn
-from .checkpoint import check_training_state, config_of, read_checkpoint
-from .config import TrainConfig, resolve, resume_config, save_yaml
-from .config_file import load_yaml
-from .data import ImageSet
-from .disk_images import DiskImages
-from .engine import SimSiamModule
-from .errors import CheckpointError, ConfigError, NonFiniteLossError, RunError, TrainingInterrupted
-from .io import atomic_write, save_torch_atomic, write_json
-from .launch import (
+from simsiam import data as data_module
+from simsiam.checkpoint import check_training_state, config_of, read_checkpoint
+from simsiam.config.file import load_yaml
+from simsiam.config.layers import resolve, resume_config, save_yaml
+from simsiam.config.schema import TrainConfig
+from simsiam.data.batches import Batches, BatchSource, ShardedBatches
+from simsiam.data.disk import DiskImages
+from simsiam.data.sources import ImageSet
+from simsiam.errors import CheckpointError, ConfigError, NonFiniteLossError, RunError, TrainingInterrupted
+from simsiam.files import atomic_write, save_torch_atomic, write_json
+from simsiam.run_folder import RunFolder
+from simsiam.train.callbacks import EpochReport, ExactResume, GracefulStop, OnlineKnn
+from simsiam.train.launch import (
     LAUNCHERS,
     check_batch,
     check_processes,
@@ -51,12 +52,12 @@ from .launch import (
     uses_gpu,
     waited_error,
 )
-from .ranks import ProgressBar, RankZeroRunFolder, say
-from .run_data import settle_data
-from .run_folder import RunFolder
+from simsiam.train.module import SimSiamModule
+from simsiam.train.ranks import ProgressBar, RankZeroRunFolder, say
+from simsiam.train.run_data import settle_data
 
 __all__ = ["fit", "summary", "AtomicCheckpointIO", "CTRL_C"]
-__all__ += ["LAUNCHERS", "launched_processes", "describe_distributed"]  # the processes of a run, from simsiam.launch
+__all__ += ["LAUNCHERS", "launched_processes", "describe_distributed"]  # the processes of a run, from simsiam.train.launch
 
 _DIST_ERRORS = (torch.distributed.DistError,) if torch.distributed.is_available() else ()
 CTRL_C = "saving a checkpoint after this step, then stopping (Ctrl-C again: stop at once, without saving)"
@@ -309,7 +310,7 @@ def _write_results(
     run: RunFolder, result: dict[str, Any], rows: list[dict[str, Any]], module: SimSiamModule, knn_init: float | None
 ) -> None:
     """metrics.json, training.png and backbone.pt (rank 0)."""
-    from .explore import plot_training
+    from simsiam.explore import plot_training
 
     write_json(run.metrics_json, result)
     if rows:
@@ -358,7 +359,7 @@ class _TrainingImages(L.LightningDataModule):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's TorchCheckpointIO with an atomic, fsync'ed write to local paths (:func:`simsiam.io.save_torch_atomic`).
+    """Lightning's TorchCheckpointIO with an atomic, fsync'ed write to local paths (:func:`simsiam.files.save_torch_atomic`).
 
     It reads with ``weights_only=True`` (nothing in a checkpoint runs code), after
     :func:`simsiam.checkpoint.read_checkpoint` has checked the same file.

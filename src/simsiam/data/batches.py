@@ -24,7 +24,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from .disk_images import DiskImages, gib
+from simsiam.data.disk import DiskImages
+from simsiam.system import gib
 
 
 class ShardedBatches:
@@ -81,7 +82,7 @@ class BatchSource:
     Where they live is chosen by :meth:`place`: on the training GPU when they fit
     there with room to spare, else in pinned host memory (each batch gathered into
     pinned memory so that its copy to the GPU overlaps), else left in the disk
-    cache (:class:`~simsiam.disk_images.DiskImages`), from which a background
+    cache (:class:`~simsiam.data.disk.DiskImages`), from which a background
     thread reads the next batches ahead (into pinned memory on a GPU) while the
     current one trains. :meth:`describe` says which, and why.
     """

@@ -44,9 +44,9 @@ import torch.nn as nn
 import torchvision
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from .adapt import first_conv_takes, module_expr, remove_classifier, resnet_stem
-from .errors import ConfigError
-from .probe import probe
+from simsiam.errors import ConfigError
+from simsiam.model.adapt import first_conv_takes, module_expr, remove_classifier, resnet_stem
+from simsiam.model.probe import probe
 
 SLIM = "resnet10-slim"
 # Our CPU networks: torchvision's ResNet class with one BasicBlock per stage and

@@ -12,7 +12,7 @@ Each keeps its own state in checkpoints (``state_dict``). They run in the order
 is in the checkpoint saved on stopping at its end), and the RNG restored in
 ``on_train_start``, after every ``on_fit_start`` (the random-init kNN among them)
 and before the first step. The progress bar, rank 0's run folder and the lines
-printed on rank 0 are in :mod:`simsiam.ranks`.
+printed on rank 0 are in :mod:`simsiam.train.ranks`.
 """
 
 from __future__ import annotations
@@ -26,16 +26,16 @@ import lightning as L
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .batches import take
-from .config import TrainConfig
-from .data import ImageSet
-from .errors import NonFiniteLossError, TrainingInterrupted
-from .evaluate import collapse_level, extract_features, knn_accuracy
-from .ranks import ProgressBar, RankZeroRunFolder, per_process, say
-from .run_folder import RunFolder
+from simsiam.config.schema import TrainConfig
+from simsiam.data.batches import take
+from simsiam.data.sources import ImageSet
+from simsiam.errors import NonFiniteLossError, TrainingInterrupted
+from simsiam.evaluate import collapse_level, extract_features, knn_accuracy
+from simsiam.run_folder import RunFolder
+from simsiam.train.ranks import ProgressBar, RankZeroRunFolder, per_process, say
 
 __all__ = ["CollapseWarning", "describe_collapse", "OnlineKnn", "share_bn_statistics", "EpochReport", "GracefulStop", "ExactResume"]
-__all__ += ["say", "per_process", "ProgressBar", "RankZeroRunFolder"]  # shared with fit(), from simsiam.ranks
+__all__ += ["say", "per_process", "ProgressBar", "RankZeroRunFolder"]  # shared with fit(), from simsiam.train.ranks
 
 
 class CollapseWarning(UserWarning):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ConfigError
+from simsiam.errors import ConfigError
 
 RECIPES: dict[str, dict[str, Any]] = {
     # Paper, appendix D: ResNet-18 variant (3x3 stem, no max-pool), 2-layer 2048-d

@@ -1,9 +1,9 @@
 """A run's config, made: recipe < config file < flags, checked, resolved, resumed, saved.
 
-The schema is :class:`~simsiam.schema.TrainConfig` (re-exported here, as are the
+The schema is :class:`~simsiam.config.schema.TrainConfig` (re-exported here, as are the
 recipes and the reading of config files). Precedence, lowest first: the field
-defaults, a recipe (:mod:`simsiam.recipes`), a YAML config file
-(:mod:`simsiam.config_file`), then command-line flags (:func:`layered`). Fields
+defaults, a recipe (:mod:`simsiam.config.recipes`), a YAML config file
+(:mod:`simsiam.config.file`), then command-line flags (:func:`layered`). Fields
 left as ``None`` are "auto" and are filled by :func:`resolve` once the data and
 the device are known; the resolved config is what goes into the run folder and
 every checkpoint.
@@ -18,14 +18,14 @@ from typing import Any
 
 import yaml
 
-from .augment import AugmentConfig
-from .config_file import MAX_CONFIG_BYTES, load_yaml
-from .errors import ConfigError, RunError
-from .limits import existing_path, output_problem
-from .model import ModelConfig
-from .options import flag_of, flatten, get, nest, resumable_keys, validate
-from .recipes import RECIPES, default_recipe, recipe
-from .schema import ACCELERATORS, COMPILE_MODES, MAX_IMAGE_SIZE, PRECISIONS, OptimConfig, TrainConfig
+from simsiam.augment import AugmentConfig
+from simsiam.config.file import MAX_CONFIG_BYTES, load_yaml
+from simsiam.config.recipes import RECIPES, default_recipe, recipe
+from simsiam.config.schema import ACCELERATORS, COMPILE_MODES, PRECISIONS, OptimConfig, TrainConfig
+from simsiam.errors import ConfigError, RunError
+from simsiam.model.siamese import ModelConfig
+from simsiam.options import MAX_IMAGE_SIZE, existing_path, flag_of, flatten, get, nest, output_problem, resumable_keys, validate
+from simsiam.system import cpu_has_bf16_units
 
 __all__ = ["layered", "check", "resume_config", "resolve", "cpu_has_bf16_units", "cpu_bf16_trains", "save_yaml", "ConfigError"]
 __all__ += ["check_networks"]
@@ -99,7 +99,7 @@ def resume_config(saved: TrainConfig, given: dict[str, Any], out: Path) -> Train
     """
     allowed = resumable_keys(TrainConfig)
     for key, value in given.items():
-        if key in allowed or key in ("out", "data", "val"):  # the data named again: simsiam.run_data checks them
+        if key in allowed or key in ("out", "data", "val"):  # the data named again: simsiam.train.run_data checks them
             continue
         had = get(saved, key)
         if had != value and not (isinstance(had, tuple) and list(had) == list(value)):
@@ -192,7 +192,7 @@ def _check_networks(cfg: TrainConfig, names: dict[str, str], size_from_data: boo
     """
     import torch
 
-    from .model import SimSiam
+    from simsiam.model.siamese import SimSiam
 
     try:
         with torch.device("meta"):
@@ -206,21 +206,6 @@ def _check_networks(cfg: TrainConfig, names: dict[str, str], size_from_data: boo
         raise ConfigError(reason).named(names.get(key) or flag_of(TrainConfig, key) or key) from None
     except Exception:
         pass
-
-
-def cpu_has_bf16_units() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX).
-
-    There bf16 autocast trains a CIFAR ResNet-18 2.3x faster than float32 (README,
-    "Speed"). Without it bf16 may be emulated in software, so float32 stays the default there.
-    """
-    import torch
-
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, hence the guard
-    try:
-        return bool(probe and probe())
-    except RuntimeError:
-        return False
 
 
 def cpu_bf16_trains(image_size: int, small_images: bool, backbone: str = "resnet18") -> bool:
@@ -239,7 +224,7 @@ def cpu_bf16_trains(image_size: int, small_images: bool, backbone: str = "resnet
     differently, and their 1x1 maps and strided convolutions come at other sizes,
     so on a CPU they train in float32 unless --precision says otherwise.
     """
-    from .backbones import has_small_stem  # the torchvision ResNet family and our slim ResNets
+    from simsiam.model.backbones import has_small_stem
 
     return cpu_has_bf16_units() and has_small_stem(backbone) and image_size >= (8 if small_images else 24)
 
@@ -248,7 +233,7 @@ def cpu_bf16_trains(image_size: int, small_images: bool, backbone: str = "resnet
 
 
 def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
-    from .io import atomic_write
+    from simsiam.files import atomic_write
 
     with atomic_write(path, "w") as fh:
         fh.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from tqdm.auto import tqdm
 
-from .run_folder import RunFolder
+from simsiam.run_folder import RunFolder
 
 
 def say(trainer: L.Trainer, text: str) -> None:

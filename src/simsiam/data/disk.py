@@ -1,7 +1,7 @@
-"""Decoded images left on disk, read a batch at a time by index; and whether a set fits in memory.
+"""Decoded images left on disk, read a batch at a time by index.
 
 :class:`DiskImages` stands for the (N, C, S, S) uint8 images of an image-cache
-entry (:mod:`simsiam.cache`) without holding them: indexing it reads just the
+entry (:mod:`simsiam.data.cache`) without holding them: indexing it reads just the
 images asked for. The files are never memory-mapped (pages of a mapping that
 are touched count in the process's resident memory, so reading a whole epoch
 through a mapping would grow it to the size of the set): a raw entry is read
@@ -12,12 +12,9 @@ CPU, nvJPEG on a GPU). Peak memory stays a few batches, whatever the set's size.
 Every image read is checked against its CRC-32 in the entry. One that does not
 match (a bit flipped on the disk, a cache file overwritten in place) is decoded
 again from its source file, so no damaged pixel is trained on; the first such
-image of an entry is named in a :class:`~simsiam.io.CacheWarning` and the entry
+image of an entry is named in a :class:`~simsiam.files.CacheWarning` and the entry
 is removed, so that the next run rebuilds it (this run keeps reading the
 removed files through the descriptors it holds).
-
->>> memory_available() is None or memory_available() > 0
-True
 """
 
 from __future__ import annotations
@@ -27,73 +24,20 @@ import mmap
 import os
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .cache import JPEG_QUALITY, RAW_FILE, Entry, crc_of
-from .errors import DataError
-from .io import CacheWarning, show_path
+from simsiam.data.cache import JPEG_QUALITY, RAW_FILE, Entry, crc_of
+from simsiam.errors import DataError
+from simsiam.files import CacheWarning, show_path
+from simsiam.system import pool
 
-__all__ = ["DiskImages", "memory_available", "fits_in_memory", "gib"]
+__all__ = ["DiskImages"]
 
 IOV_MAX = 1024  # buffers per preadv call (POSIX's minimum guarantee)
 _DAMAGE = threading.Lock()  # one warning and one removal per damaged entry, whichever thread finds it
-
-
-def gib(n: float) -> str:
-    """Bytes for a log line: '3.7 MB', '451 MB', '1.35 GB', '193 GB'."""
-    if n < 1e8:
-        return f"{n / 1e6:.1f} MB"
-    if n < 1e9:
-        return f"{n / 1e6:.0f} MB"
-    return f"{n / 1e9:.2f} GB" if n < 1e10 else f"{n / 1e9:.0f} GB"
-
-
-def memory_available() -> int | None:
-    """Bytes of memory this process could still take: MemAvailable, capped by a cgroup (v2) limit; None when unknown."""
-    available = None
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-                    break
-    except (OSError, ValueError):
-        pass
-    if available is None:
-        try:
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (AttributeError, ValueError, OSError):
-            return None
-    try:  # a container's limit, below what the host has free
-        limit = open("/sys/fs/cgroup/memory.max").read().strip()
-        if limit != "max":
-            used = int(open("/sys/fs/cgroup/memory.current").read())
-            available = min(available, max(0, int(limit) - used))
-    except (OSError, ValueError):
-        pass
-    return available
-
-
-def fits_in_memory(nbytes: int, processes: int = 1, room: float = 0.5) -> tuple[bool, str]:
-    """Whether ``processes`` copies of ``nbytes`` take under ``room`` of the free memory, and the words that say so."""
-    available = memory_available()
-    if available is None:  # no way to know: small sets in memory, as before this was asked
-        return nbytes * processes < 2e9, "the free memory is unknown here"
-    share = f" for each of {processes} processes" if processes > 1 else ""
-    if nbytes * processes < room * available:
-        return True, f"under half of the {gib(available)} of free memory{share}"
-    return False, f"more than half of the {gib(available)} of free memory{share}"
-
-
-@cache
-def _pool() -> ThreadPoolExecutor:
-    """Threads that read and decode batches (pread and libjpeg release the GIL)."""
-    return ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 1), thread_name_prefix="simsiam-read")
 
 
 class DiskImages:
@@ -174,7 +118,7 @@ class DiskImages:
             def one(j: int) -> None:
                 out[j].copy_(self._from_source(int(rows[j])) if j in damaged else self._decode_one(blobs[j], rows[j]))
 
-            list(_pool().map(one, range(len(rows))))
+            list(pool().map(one, range(len(rows))))
         self._count(rows)
         return out
 
@@ -226,13 +170,13 @@ class DiskImages:
         crcs = self.entry.crcs
         if crcs is None or not len(rows):
             return []
-        sums = list(_pool().map(crc_of, stored)) if len(rows) * self.entry.row_bytes > 1 << 22 else [crc_of(b) for b in stored]
+        sums = list(pool().map(crc_of, stored)) if len(rows) * self.entry.row_bytes > 1 << 22 else [crc_of(b) for b in stored]
         return [j for j, (got, row) in enumerate(zip(sums, rows)) if got != crcs[row]]
 
     def _from_source(self, row: int) -> torch.Tensor:
         """Image ``row`` decoded again from its source file: its bytes in the cache do not match their checksum."""
-        from .cache_writer import remove_entry
-        from .image_file import decode_image
+        from simsiam.data.cache import remove_entry
+        from simsiam.data.decode import decode_image
 
         entry, source = self.entry, self.entry.paths[row]
         with _DAMAGE:
@@ -271,7 +215,7 @@ class DiskImages:
             for run in runs:
                 read_run(run)
         else:
-            list(_pool().map(read_run, runs))
+            list(pool().map(read_run, runs))
 
     def _read_encoded(self, rows: np.ndarray) -> list[bytearray]:
         entry = self.entry
@@ -285,7 +229,7 @@ class DiskImages:
             _read_fully(entry.fd(entry.shards[int(shards[j])]["file"]), [buf], int(starts[j]), self.where)
             return buf
 
-        return list(_pool().map(read_one, range(len(rows))))
+        return list(pool().map(read_one, range(len(rows))))
 
     def _decode_one(self, blob: bytearray, row: int) -> torch.Tensor:
         from torchvision.io import ImageReadMode, decode_jpeg

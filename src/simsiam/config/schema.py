@@ -12,13 +12,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .augment import AugmentConfig
-from .errors import ConfigError
-from .limits import MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_KNN_K, MAX_PROCESSES, MAX_STEPS, output_name_problem, path_problem
-from .loss import LOSSES
-from .model import ModelConfig
-from .options import at_least, in_range, option, positive, to_dict, update
-from .recipes import RECIPES
+from simsiam.augment import AugmentConfig
+from simsiam.config.recipes import RECIPES
+from simsiam.errors import ConfigError
+from simsiam.loss import LOSSES
+from simsiam.model.siamese import ModelConfig
+from simsiam.options import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_IMAGE_SIZE,
+    MAX_KNN_K,
+    MAX_PROCESSES,
+    MAX_STEPS,
+    at_least,
+    in_range,
+    option,
+    output_name_problem,
+    path_problem,
+    positive,
+    to_dict,
+    update,
+)
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Lightning's precision names that train here: the augmentation renders float32 views,
@@ -247,7 +261,7 @@ class TrainConfig:
 
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(mean, std) per channel, for pixels scaled to [0, 1]: the config's, else ImageNet's (RGB, and runs saved before these fields)."""
-        from .augment import IMAGENET_MEAN, IMAGENET_STD
+        from simsiam.augment import IMAGENET_MEAN, IMAGENET_STD
 
         if (self.mean is None or self.std is None) and (self.model.channels or 3) != 3:
             raise ConfigError(

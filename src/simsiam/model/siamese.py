@@ -34,10 +34,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .backbones import MODULE, BackboneInfo, adopt, build, build_backbone, has_small_stem, name_problem, zero_init_residual
-from .errors import ConfigError
-from .limits import MAX_LAYERS, MAX_WIDTH
-from .options import at_least, in_range, option
+from simsiam.errors import ConfigError
+from simsiam.model.backbones import MODULE, BackboneInfo, adopt, build, build_backbone, has_small_stem, name_problem, zero_init_residual
+from simsiam.options import MAX_LAYERS, MAX_WIDTH, at_least, in_range, option
 
 __all__ = ["BackboneInfo", "Encoder", "ModelConfig", "PredictionHead", "ProjectionHead", "SimSiam", "build_backbone"]
 
@@ -60,7 +59,7 @@ class ModelConfig:
     channels: int | None = option(
         None,
         flag="--channels",
-        check=in_range(1, 512),  # 512: the most bands a file may hold (simsiam.stacks.MAX_CHANNELS)
+        check=in_range(1, 512),  # 512: the most bands a file may hold (simsiam.data.decode.MAX_CHANNELS)
         help="image channels C, taken by the backbone's first convolution (default: the data's; 3 for RGB; 1 reads images as grey)",
     )
     proj_dim: int = option(
@@ -196,7 +195,7 @@ class SimSiam(nn.Module):
     ``channels``, ``proj_dim``, ``proj_layers``, ...); ``predictor=False`` is the other
     collapsing ablation (Table 1a).
 
-    backbone: a name (see :mod:`simsiam.backbones`: any torchvision classification
+    backbone: a name (see :mod:`simsiam.model.backbones`: any torchvision classification
     model, ``timm:NAME``, ``resnet10-slim``) or your own ``nn.Module`` mapping
     (B, C, H, W) images to (B, D) features, or to a (B, D, H', W') map that is
     global-average-pooled. Its width D is found by a forward pass of a dummy batch
@@ -218,7 +217,7 @@ class SimSiam(nn.Module):
 
     def __init__(self, backbone: str | nn.Module = "resnet18", *, image_size: int | None = None, feature_dim: int | None = None, **options):
         super().__init__()
-        from .options import validate
+        from simsiam.options import validate
 
         module = backbone if isinstance(backbone, nn.Module) else None
         config = ModelConfig(backbone=MODULE + type(module).__name__ if module is not None else backbone, **options)
