@@ -64,7 +64,7 @@ ddp)
 imagenet)
     # 8,000 CIFAR-10 images upsampled to 256 px JPEGs stand in for a folder of photos (made once under /tmp).
     python3 -m pytest -q -p no:cacheprovider tests/test_big_data.py 2>&1 | tail -3 | tee "$OUT/pytest-big-data.log"
-    timeout 540 python3 benchmarks/throughput.py imagenet --cifar /tmp/cifar10/train --count "${COUNT:-8000}" 2>&1 | grep -v Warning \
+    timeout 540 python3 benchmarks/sources.py imagenet --cifar /tmp/cifar10/train --count "${COUNT:-8000}" 2>&1 | grep -v Warning \
         | tee "$OUT/imagenet.log"
     ;;
 cifar200)

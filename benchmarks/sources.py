@@ -1,9 +1,10 @@
 """Big folders, side by side: the batch source from memory and from the disk cache (raw, jpeg) against lightly's loader.
 
-Run through benchmarks/throughput.py:
+    python benchmarks/sources.py source   [--count 3000]   # CPU: images/s delivered at 224 px, and the cache's size
+    python benchmarks/sources.py imagenet [--count 8000]   # GPU: ResNet-50 at 224 px end to end vs its step vs lightly
 
-    python benchmarks/throughput.py source   [--count 3000]   # CPU: images/s delivered at 224 px, and the cache's size
-    python benchmarks/throughput.py imagenet [--count 8000]   # GPU: ResNet-50 at 224 px end to end vs its step vs lightly
+It uses the training rows of benchmarks/throughput.py (ours end to end, the model
+step alone, lightly's recipe); throughput.py does not import this file.
 
 The data is a synthetic folder of CIFAR-10 training images upsampled to 256 x 256
 JPEGs (quality 90) under /tmp/simsiam-bench, made once from ../shared/data/cifar10
@@ -13,6 +14,7 @@ delivered (source rows) or one image with its two views (training rows).
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 import time
@@ -230,3 +232,14 @@ def add_modes(sub) -> None:
 
 
 MODES = {"source": source, "imagenet": imagenet}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_modes(parser.add_subparsers(dest="mode", required=True))
+    args = parser.parse_args()
+    MODES[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -5,8 +5,9 @@ alone, and lightly's SimSiam recipe; plus the CPU augmentation rate and GPU JPEG
     python benchmarks/throughput.py augment --data DIR   # CPU: Augment vs lightly's SimSiamTransform, 2 workers
     python benchmarks/throughput.py decode               # GPU vs CPU decoding of a synthetic folder of 256x256 JPEGs
     python benchmarks/throughput.py cpu [--data DIR]     # CPU: the step in float32 / channels_last / bf16; end to end vs lightly
-    python benchmarks/throughput.py source               # CPU: the batch source at 224 px from memory / disk raw / disk jpeg vs lightly
-    python benchmarks/throughput.py imagenet             # GPU: ResNet-50 at 224 px end to end vs compiled step vs lightly (sources.py)
+
+Big folders at 224 px (the batch source from memory and disk, ResNet-50 end to end)
+are benchmarks/sources.py's, which builds on the rows here.
 
 The setting is the issue's: CIFAR ResNet-18 (small-image stem), 2-layer 2048-d
 projector, 512-d predictor hidden layer, batch 512, SGD. Each figure is images/s
@@ -433,11 +434,8 @@ def main() -> None:
     c.add_argument("--threads", type=int, default=2, help="torch threads, and lightly's DataLoader workers")
     c.add_argument("--data", help="an image folder for the end-to-end rows (ours vs lightly); none: step rows only")
     c.add_argument("--lightly-steps", type=int, default=60)
-    from sources import MODES, add_modes
-
-    add_modes(sub)
     args = parser.parse_args()
-    {"gpu": gpu, "augment": augment, "decode": decode, "cpu": cpu, **MODES}[args.mode](args)
+    {"gpu": gpu, "augment": augment, "decode": decode, "cpu": cpu}[args.mode](args)
 
 
 if __name__ == "__main__":

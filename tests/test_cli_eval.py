@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from simsiam.cli import main
-from simsiam.embeddings import read_embeddings
+from simsiam.explore import read_embeddings
 
 CLASSES = {"red": (220, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 220)}
 

@@ -8,8 +8,7 @@ import torch
 
 from simsiam.config import ConfigError
 from simsiam.data import ImageSet
-from simsiam.embeddings import read_embeddings, write_embeddings
-from simsiam.explore import grid_thumbnails, nearest_neighbors, project_2d
+from simsiam.explore import grid_thumbnails, nearest_neighbors, project_2d, read_embeddings, write_embeddings
 
 
 def test_nearest_neighbors_rank_by_cosine_and_leave_the_query_out():

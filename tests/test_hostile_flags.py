@@ -39,12 +39,12 @@ MISSING_CHECKPOINT = "missing-run/checkpoints/last.ckpt"
 @pytest.fixture
 def sweep(tmp_path, monkeypatch, capsys):
     """A function: argv -> "accepted", "refused" or what went wrong, run in a scratch folder with DATA's loading stubbed."""
-    import simsiam.data
+    import simsiam.data.sources
 
     def reached(*args, **kwargs):
         raise DataError(REACHED)
 
-    monkeypatch.setattr(simsiam.data, "load", reached)
+    monkeypatch.setattr(simsiam.data.sources, "load", reached)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "images").mkdir()
     (tmp_path / "a-file.txt").write_text("not a folder")
@@ -236,10 +236,10 @@ def test_the_largest_values_allowed_pass(sweep, monkeypatch):
 
 def test_a_typo_is_refused_before_data_is_read_and_leaves_nothing(tmp_path, monkeypatch, capsys, class_folder):
     """--val and --out are checked with the other options: DATA is not decoded, no run folder is made."""
-    import simsiam.data
+    import simsiam.data.sources
 
     calls = []
-    monkeypatch.setattr(simsiam.data, "load", lambda *a, **k: calls.append(a) or pytest.fail("DATA was read"))
+    monkeypatch.setattr(simsiam.data.sources, "load", lambda *a, **k: calls.append(a) or pytest.fail("DATA was read"))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "taken").write_text("a file")
     for argv in (["--val", "vall"], ["--out", "taken"], ["--epochs", "1e3"], ["--knn-k", "0"], ["--lr", "nan"]):

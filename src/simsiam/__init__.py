@@ -8,8 +8,9 @@ and the evaluation functions, and changes no global state of Pillow or
 matplotlib. ``load_checkpoint`` (which needs Lightning) is imported on first use.
 """
 
-from typing import Any
+from functools import partial
 
+from simsiam import lazy
 from simsiam.augment import Augment
 from simsiam.evaluate import knn_accuracy
 from simsiam.loss import simsiam_loss
@@ -17,11 +18,6 @@ from simsiam.model.siamese import PredictionHead, ProjectionHead, SimSiam
 
 __all__ = ["SimSiam", "ProjectionHead", "PredictionHead", "simsiam_loss", "Augment", "knn_accuracy", "load_checkpoint"]
 __version__ = "0.1.0"
-
-
-def __getattr__(name: str) -> Any:
-    if name == "load_checkpoint":  # Lightning's import takes seconds: only when a checkpoint is read
-        from simsiam.checkpoint import load_checkpoint
-
-        return load_checkpoint
-    raise AttributeError(f"module 'simsiam' has no attribute {name!r}")
+_HOMES = {"load_checkpoint": "simsiam.checkpoint"}  # it needs Lightning, whose import takes seconds: only when a checkpoint is read
+__getattr__ = partial(lazy.attribute, __name__, _HOMES)  # PEP 562: a name's module is imported on first use
+__dir__ = partial(lazy.names, __name__, _HOMES)

@@ -159,7 +159,7 @@ class Augment:
         self.channels = channels = channels if channels is not None else (len(mean) if mean is not None else 3)
         if channels < 1:
             raise ConfigError(f"must be at least 1, got {channels}", key="channels")
-        self.mean, self.std = _per_channel(mean, IMAGENET_MEAN, "mean", channels), _per_channel(std, IMAGENET_STD, "std", channels)
+        self.mean, self.std = normalization(mean, std, channels)
         if min(self.std) <= 0:
             raise ConfigError(f"must be positive for every channel, got {list(self.std)}", key="std")
         self.notes: list[str] = [n for n in [channel_note(channels)] if n]  # lines for the training log
@@ -289,8 +289,7 @@ class Augment:
         return self._normalise(x)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        mean, std = self._mean_std(x.device)
-        return x.sub_(mean).div_(std)
+        return normalize_(x, *self._mean_std(x.device))
 
     def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         # Made once per device: torch.tensor(..., device="cuda") on every call would be
@@ -329,6 +328,29 @@ class Augment:
         grid = torch.matmul(self._base_grid(x.device), theta.transpose(1, 2)).view(-1, self.size, self.size, 2)
         padding = "reflection" if self.rotate == "free" else "border"
         return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+
+
+def normalization(mean, std, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) as one float per channel, for pixels in [0, 1]: those given, else ImageNet's (RGB only).
+
+    The one home of that default: the views, feature extraction and the config ask here.
+
+    >>> normalization(None, None, 3)
+    ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    """
+    return _per_channel(mean, IMAGENET_MEAN, "mean", channels), _per_channel(std, IMAGENET_STD, "std", channels)
+
+
+def normalize_(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Float pixels (B, C, H, W) in [0, 1] normalised in place, (x - mean) / std per channel; returns ``x``.
+
+    ``mean`` and ``std``: C values, or tensors of them already on ``x``'s device
+    (a loop on a GPU keeps those, so that no step copies constants from the host).
+    """
+    C = x.shape[1]
+    mean = torch.as_tensor(mean, device=x.device, dtype=x.dtype).view(1, C, 1, 1)
+    std = torch.as_tensor(std, device=x.device, dtype=x.dtype).view(1, C, 1, 1)
+    return x.sub_(mean).div_(std)
 
 
 def _per_channel(values, rgb_default: tuple[float, ...], key: str, channels: int) -> tuple[float, ...]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from simsiam.commands import EMBED_EXTENSIONS, EVAL_EXTENSIONS, FIGURE_EXTENSIONS, POSITIVE, RANGES, add_commands
 from simsiam.errors import ConfigError, SimSiamError, TrainingInterrupted
+from simsiam.files import os_error_text
 
 __all__ = ["main", "build_parser", "train_config"]
 # The commands that read a checkpoint live in simsiam.commands; their constants are re-exported here.
@@ -45,13 +46,11 @@ def train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[st
     Flags over a --config file over a recipe (named, or the default for this
     machine: the demo without DATA, the CPU-sized network on a CPU).
     """
-    import torch
-
-    from simsiam.config.file import load_yaml
-    from simsiam.config.layers import check, check_networks, check_paths, layered
+    from simsiam.config.layers import check, check_networks, check_paths, layered, load_yaml
     from simsiam.config.recipes import default_recipe
     from simsiam.config.schema import TrainConfig
     from simsiam.options import flatten, given_flags
+    from simsiam.system import uses_gpu
 
     flags = given_flags(args, TrainConfig)
     if args.data is not None:
@@ -60,9 +59,9 @@ def train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[st
         file_values = load_yaml(args.config) if args.config is not None else {}
     except ConfigError as e:  # the file itself: missing, unreadable, not YAML (its keys are named below, with the file)
         raise e.named("--config") from None
-    on_gpu = flags.get("accelerator", file_values.get("accelerator")) != "cpu" and torch.cuda.is_available()
-    if flags.get("accelerator") == "gpu" and not torch.cuda.is_available():
-        raise ConfigError("--accelerator: gpu asked for, but no CUDA GPU is available")
+    if flags.get("accelerator") == "gpu":
+        uses_gpu("gpu")  # refused at once without a GPU (a config file's value is checked with the run's other options)
+    on_gpu = uses_gpu("cpu" if flags.get("accelerator", file_values.get("accelerator")) == "cpu" else "auto")
     auto, note = (None, None) if args.resume else default_recipe({**flatten(file_values), **flags}, on_gpu)
     cfg, names = layered(flags, file_values, args.config or "config", auto_recipe=auto)
     check(cfg, names)
@@ -138,7 +137,7 @@ def _report(command: str, e: Exception) -> int:
         return 130
     if isinstance(e, OSError):  # a full disk, a read-only folder, a file gone missing: name it
         where = f"{e.filename}: " if e.filename else ""
-        print(f"simsiam {command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"simsiam {command}: error: {where}{os_error_text(e)}", file=sys.stderr)
         return 2
     if os.environ.get("SIMSIAM_DEBUG"):
         raise e

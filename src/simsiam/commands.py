@@ -197,9 +197,9 @@ def _output(args: argparse.Namespace, file: Path, default_name: str, suffixes: t
 def _device(accelerator: str) -> Any:
     import torch
 
-    if accelerator == "gpu" and not torch.cuda.is_available():
-        raise ConfigError("--accelerator: gpu asked for, but no CUDA GPU is available")
-    return torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
+    from simsiam.system import uses_gpu
+
+    return torch.device("cuda" if uses_gpu(accelerator) else "cpu")
 
 
 def _open(args: argparse.Namespace, default_name: str | Callable[[Any], str], suffixes: tuple[str, ...]) -> tuple[Any, Any, Path, Path]:
@@ -216,13 +216,13 @@ def _open(args: argparse.Namespace, default_name: str | Callable[[Any], str], su
 
 def _images(args: argparse.Namespace, cfg: Any, data: str | None) -> Any:
     """DATA decoded at the training resolution; the demo set, said out loud, when DATA was left out."""
-    from simsiam import data as data_module
+    from simsiam.data.sources import load
 
     if data is None:
         print("no DATA given: using the bundled demo set (5,000 CIFAR-10 images); pass DATA for your own images")
     # At the size training cached them (256 px for 224 px training, say; centre-cropped to the training size for features).
     size = getattr(cfg, "cache_size", None) or cfg.image_size
-    return data_module.load(data, size, progress=not args.quiet, channels=cfg.model.channels or 3, cache_format=cfg.cache_format)
+    return load(data, size, progress=not args.quiet, channels=cfg.model.channels or 3, cache_format=cfg.cache_format)
 
 
 def _features(args: argparse.Namespace, model: Any, cfg: Any, file: Path, images: Any) -> Any:
@@ -269,7 +269,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from simsiam.embeddings import write_embeddings
+    from simsiam.explore import write_embeddings
 
     model, cfg, file, out = _open(args, "embeddings.parquet", EMBED_EXTENSIONS)
     images = _images(args, cfg, args.data)

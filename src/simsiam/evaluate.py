@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from simsiam.augment import IMAGENET_MEAN, IMAGENET_STD
+from simsiam.augment import normalization, normalize_
 from simsiam.errors import BackboneChangedError, DataError
 from simsiam.files import cache_path, eval_mode, load_cached, save_cached, show_path
+from simsiam.loss import z_std
 
 if TYPE_CHECKING:  # the data layer loads when a set is read, not with the package
     from simsiam.data.sources import ImageSet
@@ -37,20 +38,11 @@ def normalize_images(images: torch.Tensor, mean=None, std=None, out: torch.Tenso
     batches that reuses one buffer allocates nothing per batch (large temporaries
     of each batch leave the C heap fragmented, and resident memory grows).
     """
-    C = images.shape[1]
-    if mean is None or std is None:
-        if C != 3:
-            raise ValueError(f"{C}-channel images need the run's per-channel mean and std (ImageNet's are for RGB)")
-        mean, std = mean or IMAGENET_MEAN, std or IMAGENET_STD
-    if len(mean) != C or len(std) != C:
-        raise ValueError(f"mean and std need one value per channel: {C}, got {len(mean)} and {len(std)}")
-    if out is not None:
-        x = out.copy_(images).div_(255.0) if images.dtype == torch.uint8 else out.copy_(images)
-    else:
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    mean = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, C, 1, 1)
-    std = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, C, 1, 1)
-    return x.sub_(mean).div_(std) if out is not None else (x - mean) / std
+    mean, std = normalization(mean, std, images.shape[1])
+    if out is None:
+        out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+    x = out.copy_(images).div_(255.0) if images.dtype == torch.uint8 else out.copy_(images)
+    return normalize_(x, mean, std)
 
 
 @torch.no_grad()
@@ -180,14 +172,6 @@ def dense_labels(train_labels: torch.Tensor, test_labels: torch.Tensor) -> tuple
     values, index = torch.unique(torch.cat([train_labels.long().cpu(), test_labels.long().cpu()]), return_inverse=True)
     n = len(train_labels)
     return index[:n].to(train_labels.device), index[n:].to(test_labels.device), len(values)
-
-
-def z_std(z: torch.Tensor) -> torch.Tensor:
-    """Std over the batch of l2-normalised z, averaged over dimensions (paper, Figure 2).
-
-    About 1/sqrt(d) for a healthy representation, 0 for a collapsed one.
-    """
-    return F.normalize(z.float(), dim=1).std(dim=0).mean()
 
 
 def collapse_level(std: float, dim: int) -> float:

@@ -1,4 +1,4 @@
-"""Looking at what was learned: training curves, neighbours and maps (the embeddings file: :mod:`simsiam.embeddings`).
+"""Looking at what was learned: training curves, neighbours, maps, and the embeddings file.
 
 Everything here takes features that came through ``SimSiam.features`` (see
 evaluate.features_of) and the decoded images they came from; only
@@ -8,10 +8,15 @@ Figures are drawn on ``matplotlib.figure.Figure`` objects, which need no global
 backend (importing this module changes nothing in matplotlib), and every file is
 written atomically (see :mod:`simsiam.files`): a failed write leaves the previous
 file and raises an OSError that names it.
+
+The embeddings file (:func:`write_embeddings`, :func:`read_embeddings`), which
+``simsiam embed`` writes: one row per image, its path, label and class, and its
+embedding, as Parquet or as a numpy ``.npz``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
@@ -25,13 +30,12 @@ import torch.nn.functional as F
 
 from simsiam.data.decode import decode_image
 from simsiam.data.sources import ImageSet
-from simsiam.embeddings import read_embeddings, write_embeddings
 from simsiam.errors import ConfigError, DataError
 from simsiam.files import atomic_write, show_path
 
 __all__ = ["save_figure", "plot_training", "nearest_neighbors", "shown", "NeighborGrid", "neighbor_grid", "plot_neighbors"]
 __all__ += ["map_method", "project_2d", "grid_thumbnails", "class_colors", "plot_map"]
-__all__ += ["write_embeddings", "read_embeddings"]  # the embeddings file, from simsiam.embeddings
+__all__ += ["write_embeddings", "read_embeddings"]  # the embeddings file
 
 
 def _figure(**kwargs):
@@ -368,3 +372,65 @@ def _draw_thumbnails(ax, images: ImageSet, chosen: list[int], centres: np.ndarra
         else:  # a thin frame keeps pale images apart from the white background
             frame.set(edgecolor="0.55", linewidth=0.8)
         ax.add_patch(frame)
+
+
+# -- the embeddings file -----------------------------------------------------------------------
+
+
+def write_embeddings(path: str | Path, features: torch.Tensor, images: ImageSet, metadata: dict[str, Any] | None = None) -> None:
+    """One row per image: its path, its label and class name when DATA has them, its embedding.
+
+    ``.parquet`` (pyarrow; the embedding is a fixed-size list of float32) or
+    ``.npz`` (numpy arrays of the same names), chosen by the suffix. ``metadata``
+    (checkpoint, backbone, ...) goes into the file as JSON. The file is written
+    atomically.
+
+    >>> import pyarrow.parquet as pq  # doctest: +SKIP
+    >>> table = pq.read_table("embeddings.parquet")  # doctest: +SKIP
+    >>> X = np.stack(table["embedding"].to_numpy(zero_copy_only=False))  # (N, D)  # doctest: +SKIP
+    """
+    path = Path(path)
+    emb = features.detach().float().cpu().numpy()  # (N, D)
+    columns: dict[str, Any] = {"path": np.array(images.paths, dtype=object)}
+    if images.labels is not None:
+        labels = images.labels.cpu().numpy().astype(np.int64)
+        columns["label"] = labels
+        columns["class"] = np.array([images.classes[i] for i in labels], dtype=object)
+    meta = json.dumps(metadata or {})
+    suffix = path.suffix.lower()
+    if suffix not in (".npz", ".parquet"):
+        raise ConfigError(f"{show_path(path)}: unknown embeddings format {suffix!r}; use .parquet or .npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".npz":
+        arrays = {k: v.astype(str) if v.dtype == object else v for k, v in columns.items()}
+        with atomic_write(path) as fh:
+            np.savez(fh, **arrays, embedding=emb, metadata=np.array(meta))
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # Parquet text is UTF-8: a file name that is not shows its odd bytes as \xNN escapes (as in every message).
+    utf8 = np.vectorize(lambda t: t.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), otypes=[object])
+    arrays = {k: pa.array(utf8(v) if v.dtype == object and len(v) else v) for k, v in columns.items()}
+    arrays["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), type=pa.float32()), emb.shape[1])
+    table = pa.table(arrays).replace_schema_metadata({"simsiam": meta})
+    with atomic_write(path) as fh:
+        pq.write_table(table, fh)
+
+
+def read_embeddings(path: str | Path) -> dict[str, Any]:
+    """The columns of an embeddings file as numpy arrays (``embedding`` as (N, D) float32), and its metadata."""
+    path = Path(path)
+    if path.suffix.lower() == ".npz":
+        with np.load(path) as z:
+            out = {k: z[k] for k in z.files if k != "metadata"}
+            out["metadata"] = json.loads(str(z["metadata"]))
+        return out
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    out = {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names if name != "embedding"}
+    column = table["embedding"].combine_chunks()
+    out["embedding"] = column.flatten().to_numpy().reshape(len(column), -1)
+    out["metadata"] = json.loads((table.schema.metadata or {}).get(b"simsiam", b"{}"))
+    return out

@@ -238,7 +238,7 @@ def load_cached(name: str, check: Callable[[Any], bool], what: str = "cache", ma
         obj = torch.load(path, map_location=map_location, weights_only=True)
         reason = None if check(obj) else "not the structure this version of simsiam writes"
     except Exception as e:  # torch raises many types for a damaged zip or pickle
-        reason = _one_line(e)
+        reason = error_text(e, kind=True)
     if reason is None:
         return obj
     warnings.warn(f"{what} {show_path(path)} cannot be used ({reason}); rebuilding it", CacheWarning, stacklevel=2)
@@ -253,14 +253,37 @@ def save_cached(name: str, obj: Any, what: str = "cache") -> Path | None:
         save_torch_atomic(obj, path)
     except OSError as e:  # a read-only home or a full disk only costs the next run the work again
         where = show_path(e.filename) if e.filename else show_path(path)
-        warnings.warn(f"could not write the {what} {where} ({e.strerror or e}); the next run computes it again", CacheWarning, stacklevel=2)
+        warnings.warn(
+            f"could not write the {what} {where} ({os_error_text(e)}); the next run computes it again", CacheWarning, stacklevel=2
+        )
         return None
     return path
 
 
-def _one_line(e: BaseException, limit: int = 160) -> str:
-    text = " ".join(f"{type(e).__name__}: {e}".split()).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+# -- the one-line text of an error -------------------------------------------------------------
+
+
+def error_text(e: BaseException, kind: bool = False, first_line: bool = False) -> str:
+    """An exception's message on one printable line of at most 160 characters: every message we print of one.
+
+    ``kind`` puts its type first ("KeyError: 'x'"); ``first_line`` keeps only its
+    first line (parsers such as PyYAML's add lines of context after it).
+
+    >>> e = ValueError("line one\\nline two")
+    >>> error_text(e, kind=True), error_text(e, first_line=True)
+    ('ValueError: line one line two', 'line one')
+    """
+    lines = str(e).strip().splitlines()
+    text = " ".join(" ".join(lines[:1] if first_line else lines).split())
+    if kind or not text:
+        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def os_error_text(e: OSError) -> str:
+    """Why a file operation failed, for a message: the system's words ("No space left on device") when it has some."""
+    return e.strerror or error_text(e)
 
 
 # -- small context managers -------------------------------------------------------------------

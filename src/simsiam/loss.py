@@ -1,4 +1,4 @@
-"""The symmetric SimSiam loss (paper, equations 1-4).
+"""The symmetric SimSiam loss (paper, equations 1-4), and the collapse signal z_std that training logs beside it.
 
 The stop-gradient is not applied here: :class:`~simsiam.model.SimSiam` returns z
 already detached (its one place, with the ablation switch beside it). A caller
@@ -40,3 +40,11 @@ def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch
         raise ValueError(f"unknown loss {kind!r}; choose one of {', '.join(LOSSES)}")
     D = LOSSES[kind]
     return D(p1, z2) / 2 + D(p2, z1) / 2
+
+
+def z_std(z: torch.Tensor) -> torch.Tensor:
+    """Std over the batch of l2-normalised z, averaged over dimensions (paper, Figure 2).
+
+    About 1/sqrt(d) for a healthy representation, 0 for a collapsed one.
+    """
+    return F.normalize(z.float(), dim=1).std(dim=0).mean()

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from simsiam.errors import ConfigError
-from simsiam.files import show_path
+from simsiam.files import os_error_text, show_path
 
 Check = Callable[[Any], "str | None"]  # a value -> why it is wrong, or None when it is fine
 
@@ -382,7 +382,7 @@ def existing_path(text: str) -> str | None:
     except FileNotFoundError:
         return f"{show_path(text)}: no such file or folder"
     except OSError as e:  # a name too long, a folder we may not enter
-        return f"{show_path(text)}: {e.strerror or e}"
+        return f"{show_path(text)}: {os_error_text(e)}"
     return None
 
 
@@ -404,7 +404,7 @@ def output_problem(text: str, folder: bool) -> str | None:
     try:
         return _output_kind(Path(text), folder)
     except OSError as e:  # a name too long, a folder we may not enter
-        return f"{show_path(text)}: {e.strerror or e}"
+        return f"{show_path(text)}: {os_error_text(e)}"
 
 
 def _output_kind(path: Path, folder: bool) -> str | None:

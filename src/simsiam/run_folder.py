@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from simsiam.errors import RunError
-from simsiam.files import MARKER, PARTIAL_SUFFIX, atomic_write, remove_partial_files, write_json
+from simsiam.files import MARKER, PARTIAL_SUFFIX, atomic_write, os_error_text, remove_partial_files, write_json
 
 CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
@@ -138,7 +138,7 @@ class RunFolder:
             return True
         if not (self.last_checkpoint.is_file() and self.config.is_file()):
             return False
-        from simsiam.config.file import load_yaml
+        from simsiam.config.layers import load_yaml
         from simsiam.config.schema import TrainConfig
         from simsiam.errors import SimSiamError
 
@@ -175,7 +175,7 @@ class RunFolder:
             try:
                 foreign = [] if self.is_ours else self._foreign()
             except OSError as e:
-                raise RunError(f"--out: cannot read the folder {self.path} ({e.strerror or e})") from None
+                raise RunError(f"--out: cannot read the folder {self.path} ({os_error_text(e)})") from None
             if foreign:
                 shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
                 raise RunError(
@@ -191,7 +191,7 @@ class RunFolder:
             except FileExistsError:
                 pass  # another run made it a moment ago: the lock below names it
             except OSError as e:
-                raise RunError(f"--out: cannot create the folder {self.path} ({e.strerror or e})") from None
+                raise RunError(f"--out: cannot create the folder {self.path} ({os_error_text(e)})") from None
         self.lock()
         if self.marker_values() is None:
             self.record()

@@ -1,8 +1,9 @@
-"""What this machine has: free memory, bf16 matrix units, threads, and the one thread pool.
+"""What this machine has: a GPU, free memory, bf16 matrix units, threads, and the one thread pool.
 
-Everything that asks the machine a question asks it here, once: the data layer
-(whether a set fits in memory, how many threads decode), the config (whether bf16
-is a good CPU default) and evaluation.
+Everything that asks the machine a question asks it here, once: the command line,
+training and evaluation (whether to run on the GPU), the data layer (whether a set
+fits in memory, how many threads decode), the config (whether bf16 is a good CPU
+default).
 
 >>> memory_available() is None or memory_available() > 0
 True
@@ -14,7 +15,23 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
-__all__ = ["gib", "memory_available", "fits_in_memory", "threads", "pool", "cpu_has_bf16_units"]
+__all__ = ["uses_gpu", "gib", "memory_available", "fits_in_memory", "threads", "pool", "cpu_has_bf16_units"]
+
+
+def uses_gpu(accelerator: str | None = "auto") -> bool:
+    """Whether to run on the GPU: there is one and ``accelerator`` (--accelerator) is not cpu.
+
+    ``gpu`` on a machine without one is a ConfigError naming --accelerator, so that
+    no work starts that would then run on the CPU.
+    """
+    import torch
+
+    from simsiam.errors import ConfigError
+
+    available = torch.cuda.is_available()
+    if accelerator == "gpu" and not available:
+        raise ConfigError("--accelerator: gpu asked for, but no CUDA GPU is available")
+    return accelerator != "cpu" and available
 
 
 def gib(n: float) -> str:

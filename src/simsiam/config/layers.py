@@ -3,10 +3,15 @@
 The schema is :class:`~simsiam.config.schema.TrainConfig` (re-exported here, as are the
 recipes and the reading of config files). Precedence, lowest first: the field
 defaults, a recipe (:mod:`simsiam.config.recipes`), a YAML config file
-(:mod:`simsiam.config.file`), then command-line flags (:func:`layered`). Fields
+(:func:`load_yaml`, below), then command-line flags (:func:`layered`). Fields
 left as ``None`` are "auto" and are filled by :func:`resolve` once the data and
 the device are known; the resolved config is what goes into the run folder and
 every checkpoint.
+
+A ``--config`` file (or a run folder's ``config.yaml``) is read with PyYAML's safe
+loader, refusing aliases (a few lines of them can nest into billions of values)
+and files over :data:`MAX_CONFIG_BYTES`. Anything that is not a readable mapping
+is one :class:`~simsiam.errors.ConfigError` naming the file.
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from typing import Any
 import yaml
 
 from simsiam.augment import AugmentConfig
-from simsiam.config.file import MAX_CONFIG_BYTES, load_yaml
 from simsiam.config.recipes import RECIPES, default_recipe, recipe
 from simsiam.config.schema import ACCELERATORS, COMPILE_MODES, PRECISIONS, OptimConfig, TrainConfig
 from simsiam.errors import ConfigError, RunError
+from simsiam.files import error_text, os_error_text
 from simsiam.model.siamese import ModelConfig
 from simsiam.options import MAX_IMAGE_SIZE, existing_path, flag_of, flatten, get, nest, output_problem, resumable_keys, validate
 from simsiam.system import cpu_has_bf16_units
@@ -99,7 +104,7 @@ def resume_config(saved: TrainConfig, given: dict[str, Any], out: Path) -> Train
     """
     allowed = resumable_keys(TrainConfig)
     for key, value in given.items():
-        if key in allowed or key in ("out", "data", "val"):  # the data named again: simsiam.train.run_data checks them
+        if key in allowed or key in ("out", "data", "val"):  # the data named again: simsiam.train.run checks them
             continue
         had = get(saved, key)
         if had != value and not (isinstance(had, tuple) and list(had) == list(value)):
@@ -237,3 +242,42 @@ def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
 
     with atomic_write(path, "w") as fh:
         fh.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# -- reading a config file (YAML) ------------------------------------------------------------
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """YAML without aliases: a config file is a few dozen plain values, and aliases can nest into billions."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"aliases (*{event.anchor}) are not allowed in a config file, line {event.start_mark.line + 1}")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's mapping; anything else (missing, too big, not YAML, aliases) is one ConfigError naming it."""
+    if not str(path):  # Path("") would be the current folder
+        raise ConfigError("the config file name is empty")
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found" if not path.exists() else f"{path}: not a regular file")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes is too large for a config file (at most {MAX_CONFIG_BYTES})")
+        values = yaml.load(path.read_text(encoding="utf-8"), Loader=_PlainLoader)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config file ({os_error_text(e)})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({error_text(e, first_line=True)})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config file") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of option names to values at the top level")
+    return values

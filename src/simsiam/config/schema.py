@@ -14,6 +14,7 @@ from typing import Any
 
 from simsiam.augment import AugmentConfig
 from simsiam.config.recipes import RECIPES
+from simsiam.data import CACHE_FORMATS, DATA_ON
 from simsiam.errors import ConfigError
 from simsiam.loss import LOSSES
 from simsiam.model.siamese import ModelConfig
@@ -215,12 +216,12 @@ class TrainConfig:
         False, flag="--strict", resumable=True, help="stop at the first file that cannot be decoded, instead of skipping it"
     )
     data_on: str = option(
-        "auto", flag="--data-on", choices=("auto", "gpu", "memory", "disk"), resumable=True,
+        "auto", flag="--data-on", choices=DATA_ON, resumable=True,
         help="where the decoded images are read from while training: the GPU, (pinned) memory, or the disk cache in prefetched batches "
         "(default: the GPU when they take under half its free memory, else memory when under half of the free RAM, else disk)",
     )  # fmt: skip
     cache_format: str = option(
-        "auto", flag="--cache-format", choices=("auto", "raw", "jpeg"),
+        "auto", flag="--cache-format", choices=CACHE_FORMATS,
         help="how a folder's decoded images are kept on disk: raw pixels, or JPEGs re-encoded at quality 95 (several times smaller, "
         "decoded per batch); auto: raw unless it would not fit in memory or on the disk",
     )  # fmt: skip
@@ -261,13 +262,13 @@ class TrainConfig:
 
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(mean, std) per channel, for pixels scaled to [0, 1]: the config's, else ImageNet's (RGB, and runs saved before these fields)."""
-        from simsiam.augment import IMAGENET_MEAN, IMAGENET_STD
+        from simsiam.augment import normalization
 
         if (self.mean is None or self.std is None) and (self.model.channels or 3) != 3:
             raise ConfigError(
                 f"a {self.model.channels}-channel run needs its per-channel mean and std (ImageNet's are for RGB)", key="mean"
             )
-        return tuple(self.mean or IMAGENET_MEAN), tuple(self.std or IMAGENET_STD)
+        return normalization(self.mean, self.std, self.model.channels or 3)
 
     @property
     def lr(self) -> float:

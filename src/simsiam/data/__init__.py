@@ -7,14 +7,21 @@ Its names load on first use (PEP 562), so that importing the package loads none 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from functools import partial
+
+from simsiam import lazy
+
+# Where decoded images may be kept while training (--data-on; simsiam.data.batches.placement decides),
+# and how a folder's cache entry holds them (--cache-format).
+DATA_ON = ("auto", "gpu", "memory", "disk")
+CACHE_FORMATS = ("auto", "raw", "jpeg")
 
 _HOMES = {
     "ImageSet": "simsiam.data.sources",
     "DataError": "simsiam.errors",
     "SkippedImagesWarning": "simsiam.data.folder",
     "load": "simsiam.data.sources",
+    "DataOptions": "simsiam.data.folder",
     "load_folder": "simsiam.data.sources",
     "load_cifar": "simsiam.data.sources",
     "load_demo": "simsiam.data.sources",
@@ -25,17 +32,6 @@ _HOMES = {
     "show_path": "simsiam.files",
     "channel_stats": "simsiam.data.sources",
 }
-__all__ = list(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    module = _HOMES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+__all__ = ["DATA_ON", "CACHE_FORMATS", *_HOMES]
+__getattr__ = partial(lazy.attribute, __name__, _HOMES)  # PEP 562: a name's module is imported on first use
+__dir__ = partial(lazy.names, __name__, _HOMES)

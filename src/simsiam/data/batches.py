@@ -25,7 +25,39 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from simsiam.data.disk import DiskImages
-from simsiam.system import gib
+from simsiam.system import fits_in_memory, gib
+
+
+def placement(nbytes: int, device: torch.device | str, data_on: str = "auto", processes: int = 1, on_disk: bool = True) -> tuple[str, str]:
+    """Where ``nbytes`` of decoded images are kept to train on ``device``: ("gpu", "memory" or "disk", why, for the log).
+
+    The one place this is decided (``--data-on``, :data:`simsiam.data.DATA_ON`):
+
+    - on the GPU when asked (``gpu``), or with ``auto`` when they take under half of its free memory;
+    - else in memory when asked, or with ``auto`` when ``processes`` copies take under half of the
+      free memory (pinned, when training on a GPU);
+    - else on disk, read in prefetched batches from the image cache (``disk``, also ``gpu`` while
+      no GPU is asked about: the images then go to it in chunks, never all through memory).
+
+    ``on_disk=False``: the images have no disk copy (CIFAR-10 batches, the demo set): they stay in memory.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and data_on in ("auto", "gpu"):
+        free, _ = torch.cuda.mem_get_info(device)
+        if data_on == "gpu":
+            return "gpu", "--data-on gpu"
+        if nbytes < 0.5 * free:
+            return "gpu", f"under half of the GPU's {gib(free)} of free memory"
+    if not on_disk:
+        return "memory", "CIFAR-10 batches and the demo set are always held in memory" if data_on == "disk" else (
+            "--data-on memory" if data_on == "memory" else "it fits in memory"
+        )
+    if data_on in ("disk", "gpu"):
+        return "disk", f"--data-on {data_on}"
+    if data_on == "memory":
+        return "memory", "--data-on memory"
+    fits, why = fits_in_memory(nbytes, processes)
+    return ("memory" if fits else "disk"), why
 
 
 class ShardedBatches:
@@ -108,30 +140,26 @@ class BatchSource:
         return "gpu" if self.images.device.type == "cuda" else "memory"
 
     @classmethod
-    def place(cls, images: torch.Tensor | DiskImages, device: torch.device | str, data_on: str = "auto", room: float = 0.5) -> BatchSource:
-        """The source to train on ``device``: on the GPU if asked or if the images take under ``room`` of its free memory, else where they are."""
+    def place(cls, images: torch.Tensor | DiskImages, device: torch.device | str, data_on: str = "auto", processes: int = 1) -> BatchSource:
+        """The source to train on ``device``, its images where :func:`placement` decides."""
         device = torch.device(device)
-        nbytes = images.nbytes if isinstance(images, DiskImages) else images.numel()
-        if device.type == "cuda" and data_on in ("auto", "gpu") and images.device.type != "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            if data_on == "gpu" or nbytes < room * free:
-                moved = images.to_tensor(device) if isinstance(images, DiskImages) else images.to(device)
-                why = "--data-on gpu" if data_on == "gpu" else f"under half of the GPU's {gib(free)} of free memory"
-                return cls(moved, why)
-        if isinstance(images, DiskImages):
-            return cls(images.view(), images.note)  # counters of its own: what this source read
         if images.device.type == "cuda":
             return cls(images, "already there")
-        why = {"memory": "--data-on memory", "disk": "CIFAR-10 batches and the demo set are always held in memory"}.get(
-            data_on, "it fits in memory"
-        )
+        nbytes = images.nbytes if isinstance(images, DiskImages) else images.numel()
+        where, why = placement(nbytes, device, data_on, processes, on_disk=isinstance(images, DiskImages))
+        if where == "gpu":
+            return cls(images.to_tensor(device) if isinstance(images, DiskImages) else images.to(device), why)
+        if where == "disk":
+            return cls(images.view(), why)  # counters of its own: what this source read
+        if isinstance(images, DiskImages):
+            images = images.to_tensor()
         if device.type == "cuda" and not images.is_pinned():
             images = images.pin_memory()
         return cls(images, why)
 
-    def to_device(self, device: torch.device | str, room: float = 0.5) -> BatchSource:
+    def to_device(self, device: torch.device | str) -> BatchSource:
         """The source to train on ``device`` (see :meth:`place`)."""
-        return BatchSource.place(self.images, device, "auto", room)
+        return BatchSource.place(self.images, device)
 
     def describe(self) -> str:
         """One line for the log: how big the images are, where they are read from, and why."""

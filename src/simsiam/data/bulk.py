@@ -21,16 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from simsiam.data.decode import MAX_PIXELS, decode_image, error_text, open_regular, quiet_bomb_warning
+from simsiam.data.decode import MAX_PIXELS, decode_image, fit_tensor, jpeg_read_mode, open_regular, quiet_bomb_warning
 from simsiam.data.disk import batch_buffer
 from simsiam.errors import DataError
+from simsiam.files import error_text
 from simsiam.system import pool as shared_pool
 
-__all__ = ["Chunk", "decode_chunks", "decode_all", "fit_on_device", "CHUNK_BYTES"]
+__all__ = ["Chunk", "decode_chunks", "decode_all", "CHUNK_BYTES"]
 
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
 CHUNK_BYTES = 8 << 20  # decoded bytes per chunk (Pillow): 55 images at 224 px; two chunks are in flight
@@ -162,18 +162,6 @@ def _collect(start: int, out: torch.Tensor, futures: list[Future], strict: bool)
 # -- nvJPEG ------------------------------------------------------------------------------------
 
 
-def fit_on_device(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(n, C, H, W) uint8 -> (n, C, size, size) uint8: shorter side to size (antialiased), centre crop."""
-    h, w = images.shape[-2:]
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    x = images.float()
-    if (new_h, new_w) != (h, w):
-        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return x[..., top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)
-
-
 def _jpeg_bytes(path: Path) -> torch.Tensor | None:
     """The bytes of a plain RGB or grey JPEG within the pixel limit, for nvJPEG; None sends the file to Pillow."""
     try:
@@ -196,7 +184,7 @@ def _device_chunk(
     cache; the GPU decodes a batch of 256x256 JPEGs many times faster. A batch
     that nvJPEG refuses (for one corrupt file, say) is decoded file by file by Pillow.
     """
-    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.io import decode_jpeg
 
     jpeg = [i for i in range(start, stop) if files[i].suffix.lower() in JPEG_EXTENSIONS]
     blobs = list(pool.map(_jpeg_bytes, [files[i] for i in jpeg]))
@@ -204,7 +192,7 @@ def _device_chunk(
     decoded: dict[int, torch.Tensor] = {}
     if ready:
         try:
-            images = decode_jpeg([blob for _, blob in ready], mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+            images = decode_jpeg([blob for _, blob in ready], mode=jpeg_read_mode(3), device=device, apply_exif_orientation=True)
         except Exception as e:  # nvJPEG refuses the whole batch for one bad file
             warnings.warn(f"GPU decoding refused a batch ({type(e).__name__}: {error_text(e)}); decoding it with Pillow", stacklevel=4)
             images = []
@@ -212,7 +200,7 @@ def _device_chunk(
         for j, image in enumerate(images):
             by_shape.setdefault(tuple(image.shape), []).append(j)
         for members in by_shape.values():  # one resize per distinct shape, not per image
-            fitted = fit_on_device(torch.stack([images[j] for j in members]), size).cpu()
+            fitted = fit_tensor(torch.stack([images[j] for j in members]), size).cpu()
             decoded.update({ready[j][0]: fitted[k] for k, j in enumerate(members)})
     rest = [i for i in range(start, stop) if i not in decoded]
     results = dict(zip(rest, pool.map(lambda i: _attempt(files[i], size, 3), rest)))

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from simsiam.files import PARTIAL_SUFFIX, cache_dir, remove_partial_files, show_path
+from simsiam.files import PARTIAL_SUFFIX, cache_dir, os_error_text, remove_partial_files, show_path
 
 __all__ = [
     "CACHE_VERSION",
@@ -170,7 +170,7 @@ def read_entry(path: str | Path) -> Entry:
     try:
         text = record_file.read_bytes()
     except OSError as e:
-        raise DamagedCache(record_file, f"no completion record ({e.strerror or e})") from None
+        raise DamagedCache(record_file, f"no completion record ({os_error_text(e)})") from None
     head, _, body = text.partition(b"\n")
     words = head.decode("ascii", "replace").rsplit(" ", 3)
     if len(words) != 4 or words[0] != RECORD_MAGIC or words[2] != "sha256":
@@ -225,7 +225,7 @@ def _check_files(entry: Entry) -> None:
         try:
             size = file.stat().st_size
         except OSError as e:
-            raise DamagedCache(file, f"missing ({e.strerror or e})") from None
+            raise DamagedCache(file, f"missing ({os_error_text(e)})") from None
         if size != shard["bytes"]:
             what = "truncated" if size < shard["bytes"] else "longer than its record says"
             raise DamagedCache(file, f"{what}: {size:,} bytes, the record says {shard['bytes']:,}")
@@ -237,7 +237,7 @@ def _read_offsets(entry: Entry, rec: dict[str, Any]) -> np.ndarray:
     try:
         raw = file.read_bytes() if file.stat().st_size == 8 * (n + 1) else None
     except OSError as e:
-        raise DamagedCache(file, f"cannot be read ({e.strerror or e})") from None
+        raise DamagedCache(file, f"cannot be read ({os_error_text(e)})") from None
     if raw is None or hashlib.sha256(raw).hexdigest() != rec["offsets_sha256"]:
         raise DamagedCache(file, "truncated or damaged: its size or checksum does not match the record")
     offsets = np.frombuffer(raw, dtype="<i8").astype(np.int64)
@@ -255,7 +255,7 @@ def _read_crcs(entry: Entry, rec: dict[str, Any]) -> np.ndarray:
     try:
         raw = file.read_bytes() if file.stat().st_size == 4 * n else None
     except OSError as e:
-        raise DamagedCache(file, f"cannot be read ({e.strerror or e})") from None
+        raise DamagedCache(file, f"cannot be read ({os_error_text(e)})") from None
     if raw is None or hashlib.sha256(raw).hexdigest() != rec["crc32_sha256"]:
         raise DamagedCache(file, "truncated or damaged: its size or checksum does not match the record")
     return np.frombuffer(raw, dtype="<u4").astype(np.uint32)

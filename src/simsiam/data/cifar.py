@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+import torch
 
-from simsiam.data.decode import open_regular
+from simsiam.data.decode import fit_tensor, open_regular
 from simsiam.errors import DataError
-from simsiam.files import show_path
+from simsiam.files import error_text, os_error_text, show_path
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
@@ -181,13 +182,53 @@ def read_cifar_pickle(path: Path) -> dict:
         raise DataError(f"{show_path(path)}: damaged, or not a CIFAR-10 python file: it refers to {e}, which the format "
                         "never uses (refused; nothing in it was run)") from None  # fmt: skip
     except OSError as e:
-        raise DataError(f"{show_path(path)}: cannot read ({e.strerror or e})") from None
+        raise DataError(f"{show_path(path)}: cannot read ({os_error_text(e)})") from None
     except _Bounded as e:
         raise DataError(f"{show_path(path)}: refused: a CIFAR-10 python file never holds {e} (the pickle would build "
                         "without bound)") from None  # fmt: skip
     except RecursionError:
         raise DataError(f"{show_path(path)}: refused: nested too deeply for a CIFAR-10 python file") from None
     except Exception as e:  # a damaged pickle raises many types
-        text = " ".join(str(e).split())[:160]
-        raise DataError(f"{show_path(path)}: damaged, or not a CIFAR-10 python file ({type(e).__name__}: {text})") from None
+        raise DataError(f"{show_path(path)}: damaged, or not a CIFAR-10 python file ({error_text(e, kind=True)})") from None
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+# -- the reader: batches of images and labels ---------------------------------------------
+
+
+def _cifar_batch(f: Path) -> tuple[np.ndarray, list[int]]:
+    batch = read_cifar_pickle(f)
+    try:
+        data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = [int(x) for x in batch["labels"]]
+        if len(labels) != len(data) or not all(0 <= x < 256 for x in labels):
+            raise ValueError(f"{len(data)} images but {len(labels)} labels, or labels out of range")
+    except Exception as e:
+        raise DataError(f"{show_path(f)}: not a CIFAR-10 python batch ({error_text(e, kind=True)})") from None
+    return data, labels
+
+
+def read_cifar(path: Path, image_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+    """The CIFAR-10 python version, a folder (its data_batch_* files) or one batch file: (images, labels, classes, paths).
+
+    Images (N, 3, S, S) uint8, resized from 32 px when ``image_size`` is another
+    size; labels (N,) int64; class names from batches.meta when it is there.
+    """
+    files = [path] if path.is_file() else sorted(path.glob("data_batch_*")) or [path / "test_batch"]
+    meta = (path.parent if path.is_file() else path) / "batches.meta"
+    images, labels, paths = [], [], []
+    for f in files:
+        data, batch_labels = _cifar_batch(f)
+        images.append(torch.from_numpy(data))
+        labels += batch_labels
+        paths += [f"{f}#{i}" for i in range(len(data))]
+    classes = [str(i) for i in range(max(10, max(labels, default=0) + 1))]
+    if meta.is_file():
+        names = read_cifar_pickle(meta).get("label_names")
+        if not isinstance(names, list) or len(names) <= max(labels, default=0):
+            raise DataError(f"{show_path(meta)}: not CIFAR-10 batch metadata (no label_names for every label)")
+        classes = [c.decode("utf-8", "backslashreplace") if isinstance(c, bytes) else str(c) for c in names]
+    x = torch.cat(images)
+    if image_size:
+        x = fit_tensor(x, image_size)
+    return x, torch.tensor(labels, dtype=torch.long), classes, paths

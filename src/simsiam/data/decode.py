@@ -10,14 +10,16 @@ The guards: regular files only, a pixel limit, one-line reasons.
   per-image memory budget, checked from the header before anything is read;
 - :func:`quiet_bomb_warning` silences Pillow's warning for images below that
   limit, without changing Pillow's global state from a worker thread;
-- :func:`error_text` puts whatever a broken file made a parser raise on one
-  printable line.
+- :func:`~simsiam.files.error_text` puts whatever a broken file made a parser
+  raise on one printable line.
 
 Decoding uses Pillow (torchvision's own image datasets use it too): it reads every
 format people keep images in (BMP and TIFF included), applies EXIF rotation,
 converts palette, CMYK, 16-bit, float and alpha images to RGB, and decodes large
 JPEGs at a reduced scale (``draft``), which is most of the cost on big photos.
-Every image is resized (shorter side to S) and centre-cropped to S x S. Arrays
+Every image is resized (shorter side to S) and centre-cropped to S x S, here and
+only here: :func:`fit_pil` for what Pillow decodes, :func:`fit_tensor` for what
+is decoded elsewhere (nvJPEG, CIFAR batches). Arrays
 (.npy, .npz) and multi-page TIFFs of grey pages are stacks of bands, read by
 the stack functions below; the format is recognised from the file's first bytes, not
 its name.
@@ -56,10 +58,11 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from simsiam.errors import DataError
-from simsiam.files import show_path
+from simsiam.files import error_text, os_error_text, show_path
 
 # Pillow's own decompression-bomb error threshold (2 x Image.MAX_IMAGE_PIXELS at its
 # default): about 13,400 x 13,400, far beyond any photo, and room for big satellite
@@ -111,12 +114,6 @@ def quiet_bomb_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         yield
-
-
-def error_text(e: BaseException) -> str:
-    """An exception's message on one printable line, at most 160 characters."""
-    text = " ".join(str(e).split()).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 # -- stacks of bands: arrays (.npy, .npz) and multi-page TIFFs ----------------------
@@ -212,6 +209,32 @@ def array_dims_of(fh: BinaryIO, is_zip: bool) -> tuple[int, int, int]:
             return _array_dims(*_npy_header(m, ""), "")
 
 
+def fit_pil(img: Image.Image, size: int) -> Image.Image:
+    """Shorter side to ``size`` (bicubic, antialiased), then the centre ``size`` x ``size``."""
+    return ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
+
+
+def fit_tensor(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(n, C, H, W) uint8 -> (n, C, size, size) uint8: shorter side to size (bilinear, antialiased), centre crop; on their device."""
+    h, w = images.shape[-2:]
+    if (h, w) == (size, size):
+        return images
+    scale = size / min(h, w)
+    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    x = images.float()
+    if (new_h, new_w) != (h, w):
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return x[..., top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)
+
+
+def jpeg_read_mode(channels: int):
+    """torchvision's decode_jpeg mode (nvJPEG's too) for images of ``channels`` (1: grey, 3: RGB)."""
+    from torchvision.io import ImageReadMode
+
+    return ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+
+
 def _want(got: int, channels: int | None, name: str) -> None:
     """DataError naming the file when its ``got`` bands are not the count asked for."""
     if channels is not None and got != channels:
@@ -227,7 +250,7 @@ def _fit_bands(bands: Iterator[np.ndarray], count: int, size: int) -> torch.Tens
     out = np.empty((count, size, size), dtype=np.uint8)
     for c, band in enumerate(bands):
         band = Image.fromarray(np.ascontiguousarray(eight_bit(band)))
-        out[c] = np.asarray(ImageOps.fit(band, (size, size), method=Image.Resampling.BICUBIC))
+        out[c] = np.asarray(fit_pil(band, size))
     return torch.from_numpy(out)
 
 
@@ -375,7 +398,7 @@ def decode_image(source: str | Path | bytes, size: int, channels: int | None = N
         raise
     except Exception as e:  # Pillow's parsers also raise SyntaxError, struct.error, IndexError, MemoryError, ...
         if isinstance(e, OSError) and e.errno is not None:  # the file itself: missing, unreadable, a link loop
-            raise DataError(f"{name}: cannot read ({e.strerror})") from e
+            raise DataError(f"{name}: cannot read ({os_error_text(e)})") from e
         if isinstance(e, UnidentifiedImageError):
             raise DataError(f"{name}: not an image of a format that is read ({READ_FORMATS})") from e
         if isinstance(e, Image.DecompressionBombError):
@@ -424,7 +447,7 @@ def _decode(fh: BinaryIO, size: int, name: str, channels: int | None = None) -> 
             img.draft("L" if grey else "RGB", (size, size))  # decode at 1/2, 1/4 or 1/8 scale when that still covers size
         img = ImageOps.exif_transpose(img)
         img = _to_grey(img) if grey else _to_rgb(img)
-        img = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
+        img = fit_pil(img, size)
         array = np.asarray(img, dtype=np.uint8)  # (S, S, 3), or (S, S) grey
     if grey:
         return torch.from_numpy(array.copy()).unsqueeze(0)

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simsiam.data.cache import JPEG_QUALITY, RAW_FILE, Entry, crc_of
+from simsiam.data.cache import JPEG_QUALITY, RAW_FILE, Entry, crc_of, remove_entry
+from simsiam.data.decode import decode_image, jpeg_read_mode
 from simsiam.errors import DataError
 from simsiam.files import CacheWarning, show_path
 from simsiam.system import pool
@@ -135,10 +136,9 @@ class DiskImages:
 
     def decode_on(self, blobs: list[torch.Tensor], device: torch.device) -> torch.Tensor:
         """jpeg: a batch of JPEG bytes decoded on ``device`` in one call (nvJPEG on a GPU), as (k, C, S, S) uint8."""
-        from torchvision.io import ImageReadMode, decode_jpeg
+        from torchvision.io import decode_jpeg
 
-        mode = ImageReadMode.RGB if self.shape[1] == 3 else ImageReadMode.GRAY
-        images = decode_jpeg(blobs, mode=mode, device=device)
+        images = decode_jpeg(blobs, mode=jpeg_read_mode(self.shape[1]), device=device)
         if any(tuple(x.shape) != tuple(self.shape[1:]) for x in images):
             raise DataError(f"{self.where}: an image of the cache decodes to the wrong shape: the entry is damaged; delete it to rebuild")
         return torch.stack(images)
@@ -175,8 +175,6 @@ class DiskImages:
 
     def _from_source(self, row: int) -> torch.Tensor:
         """Image ``row`` decoded again from its source file: its bytes in the cache do not match their checksum."""
-        from simsiam.data.cache import remove_entry
-        from simsiam.data.decode import decode_image
 
         entry, source = self.entry, self.entry.paths[row]
         with _DAMAGE:
@@ -232,11 +230,10 @@ class DiskImages:
         return list(pool().map(read_one, range(len(rows))))
 
     def _decode_one(self, blob: bytearray, row: int) -> torch.Tensor:
-        from torchvision.io import ImageReadMode, decode_jpeg
+        from torchvision.io import decode_jpeg
 
-        mode = ImageReadMode.RGB if self.shape[1] == 3 else ImageReadMode.GRAY
         try:
-            image = decode_jpeg(torch.frombuffer(blob, dtype=torch.uint8), mode=mode)
+            image = decode_jpeg(torch.frombuffer(blob, dtype=torch.uint8), mode=jpeg_read_mode(self.shape[1]))
         except RuntimeError as e:
             raise DataError(
                 f"{self.where}: image {row} of the cache cannot be decoded ({e}); the entry is damaged: delete it to rebuild"

@@ -33,8 +33,10 @@ is a DataError, and nothing half-written is kept.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
+import stat
 import sys
 import warnings
 from collections.abc import Iterable
@@ -43,13 +45,26 @@ from pathlib import Path
 
 import torch
 
+from simsiam.data import CACHE_FORMATS, DATA_ON
+from simsiam.data.batches import placement
 from simsiam.data.bulk import decode_all, decode_chunks
-from simsiam.data.cache import JPEG_QUALITY, DamagedCache, Entry, EntryWriter, build_lock, entry_path, images_dir, read_entry, remove_entry
+from simsiam.data.cache import (
+    CACHE_VERSION,
+    JPEG_QUALITY,
+    DamagedCache,
+    Entry,
+    EntryWriter,
+    build_lock,
+    entry_path,
+    images_dir,
+    read_entry,
+    remove_entry,
+)
 from simsiam.data.decode import decode_image
 from simsiam.data.disk import DiskImages
 from simsiam.errors import DataError
-from simsiam.files import MARKER, CacheWarning, show_path
-from simsiam.system import fits_in_memory, gib
+from simsiam.files import MARKER, CacheWarning, os_error_text, show_path
+from simsiam.system import fits_in_memory, gib, pool
 
 # Images, and arrays of bands (.npy, .npz: H x W x C); a TIFF may be an image or a stack of bands, one per page.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".npy", ".npz")
@@ -88,8 +103,8 @@ def _walk(root: Path, exclude: set[str]) -> tuple[list[Path], dict[str, tuple[st
     def note_unreadable(e: OSError) -> None:
         where = root if e.filename is None else e.filename
         if os.path.realpath(where) == os.path.realpath(root):
-            raise DataError(f"{show_path(root)}: cannot read the folder ({e.strerror or e})")
-        unreadable[os.path.realpath(where)] = (show_path(where), str(e.strerror or e))
+            raise DataError(f"{show_path(root)}: cannot read the folder ({os_error_text(e)})")
+        unreadable[os.path.realpath(where)] = (show_path(where), os_error_text(e))
 
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=note_unreadable):
         real = os.path.realpath(dirpath)
@@ -159,14 +174,44 @@ def list_images(root: Path, exclude: Iterable[str | Path] = (), strict: bool = F
     return files, labels, class_dirs
 
 
-# -- from folder_cache.py ------------------------------------------------------------
+# -- the options of reading DATA, and finding or building its cache entry ---------------------
 
-__all__ = ["SkippedImagesWarning", "is_run_folder", "list_images", "Stored", "cached_folder", "DATA_ON", "CACHE_FORMATS"]
+__all__ = ["SkippedImagesWarning", "is_run_folder", "list_images", "DataOptions", "Stored", "cached_folder", "cache_key"]
+__all__ += ["DATA_ON", "CACHE_FORMATS"]
 
-DATA_ON = ("auto", "gpu", "memory", "disk")
-CACHE_FORMATS = ("auto", "raw", "jpeg")
 SHRINK = "shrink it with --image-size (or --cache-size), --cache-format jpeg, or set $SIMSIAM_CACHE to a folder on a disk with room"
 _NO_ROOM = (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))
+KEY_BLOCK = 64 * 1024  # bytes hashed at each end of a file for its cache key
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How DATA is read and where its decoded images are kept: every option of the data layer, in one object.
+
+    :func:`simsiam.data.load` takes one (or its fields as keywords); a run makes
+    one from its config. ``None`` sizes and channels are found from the data.
+    """
+
+    image_size: int | None = None  # S: the shorter side is resized to S and the centre S x S kept; None: the median, at most 224
+    channels: int | None = None  # None: the data's (3 for image files, C for stacks of C bands); 1: grey
+    strict: bool = False  # stop at the first file that cannot be read, instead of skipping it with a warning
+    progress: bool = True  # a progress bar and a line while the cache is built
+    decode_device: str | None = None  # "cuda": the cache's JPEGs are decoded by nvJPEG on that GPU
+    exclude: tuple[str, ...] = ()  # files or folders inside DATA never to read (a run's own output folder)
+    data_on: str = "auto"  # auto, gpu, memory or disk: see simsiam.data.batches.placement
+    cache_format: str = "auto"  # raw pixels, or JPEGs re-encoded at quality 95 (auto: JPEG when raw would not fit)
+    processes: int = 1  # copies of the images this machine holds (DDP processes per node), for the memory rule
+
+    def __post_init__(self):
+        if self.cache_format not in CACHE_FORMATS or self.data_on not in DATA_ON:
+            raise ValueError(f"cache_format must be one of {CACHE_FORMATS} and data_on one of {DATA_ON}")
+        object.__setattr__(self, "exclude", tuple(str(p) for p in self.exclude))
+
+    @property
+    def jpeg_device(self) -> torch.device | None:
+        """The GPU that decodes JPEGs while the cache is built (nvJPEG), or None: Pillow in threads."""
+        device = None if self.decode_device is None else torch.device(self.decode_device)
+        return device if device is not None and device.type == "cuda" else None
 
 
 @dataclass
@@ -180,38 +225,61 @@ class Stored:
     skipped: list[str]
 
 
-def cached_folder(
-    key: str,
-    files: list[Path],
-    labels: list[int] | None,
-    classes: list[str],
-    size: int,
-    channels: int = 3,
-    cache_format: str = "auto",
-    data_on: str = "auto",
-    processes: int = 1,
-    strict: bool = False,
-    progress: bool = True,
-    decode_device: str | None = None,
-) -> Stored:
-    """The decoded images of ``files`` (see the module's text)."""
-    if cache_format not in CACHE_FORMATS or data_on not in DATA_ON:
-        raise ValueError(f"cache_format must be one of {CACHE_FORMATS} and data_on one of {DATA_ON}")
-    formats = ("raw", "jpeg") if cache_format == "auto" else (cache_format,)
+def cache_key(kind: str, root: Path, files: list[Path], size: int) -> str:
+    """The cache key of ``files`` decoded at ``size``: changes whenever any file's content may have.
+
+    Each file contributes its size, mtime_ns, ctime_ns, inode and permission bits
+    and a hash of its first and last 64 KiB (the whole file when it is under 128
+    KiB), read through one descriptor. ctime cannot be set back by ``touch -r``,
+    ``cp -p`` or ``rsync -t``, and the hash catches an edit that keeps every stamp;
+    only an edit of the middle of a large file with every stamp kept would go
+    unseen. Hashed in threads (reads release the GIL).
+    """
+    # os.fsencode: file names need not be valid UTF-8.
+    h = hashlib.sha1(f"{CACHE_VERSION}|{kind}|{size}|".encode() + os.fsencode(root.resolve()))
+    parts = [files[start : start + 256] for start in range(0, len(files), 256)]
+    for part, stamps in zip(parts, pool().map(lambda part: [_file_stamp(f) for f in part], parts)):
+        for f, stamp in zip(part, stamps):
+            h.update(os.fsencode(f) + stamp.encode())
+    return h.hexdigest()[:20]
+
+
+def _file_stamp(f: Path, block: int = KEY_BLOCK) -> str:
+    try:
+        fd = os.open(f, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:  # a dangling link, a link loop, no permission: the decoding pass reports it
+        return f"|unreadable {e.errno}\n"
+    try:
+        st = os.fstat(fd)
+        digest = hashlib.blake2b(digest_size=16)
+        if stat.S_ISREG(st.st_mode):  # anything else is refused by the decoding pass, unread
+            if st.st_size <= 2 * block:
+                digest.update(os.pread(fd, st.st_size, 0))
+            else:
+                digest.update(os.pread(fd, block, 0) + os.pread(fd, block, st.st_size - block))
+        return f"|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}|{st.st_mode & 0o7777:o}|{digest.hexdigest()}\n"
+    except OSError as e:
+        return f"|unreadable {e.errno}\n"
+    finally:
+        os.close(fd)
+
+
+def cached_folder(key: str, files: list[Path], labels: list[int] | None, classes: list[str], options: DataOptions) -> Stored:
+    """The decoded images of ``files`` (see the module's text); ``options`` has their size and channels set."""
+    formats = ("raw", "jpeg") if options.cache_format == "auto" else (options.cache_format,)
     entry = _existing(key, formats)
     if entry is None:
         try:
             with build_lock(key):  # another process may have built it while this one waited
-                entry = _existing(key, formats) or _build(key, files, labels, classes, size, channels, cache_format, data_on,
-                                                          processes, strict, progress, decode_device)  # fmt: skip
+                entry = _existing(key, formats) or _build(key, files, labels, classes, options)
         except OSError as e:  # the cache folder cannot be made or written at all (errors on the way are DataErrors)
-            raw = len(files) * channels * size * size
-            if e.errno in _NO_ROOM or not fits_in_memory(raw, processes)[0]:
-                raise _write_error(e, images_dir(), len(files), size, f"{gib(raw)} (raw)") from None
-            return _in_memory(files, labels, classes, size, channels, strict, progress, decode_device, e)
-    if strict and entry.skipped:
+            raw = len(files) * options.channels * options.image_size**2
+            if e.errno in _NO_ROOM or not fits_in_memory(raw, options.processes)[0]:
+                raise _write_error(e, images_dir(), len(files), options.image_size, f"{gib(raw)} (raw)") from None
+            return _in_memory(files, labels, classes, options, e)
+    if options.strict and entry.skipped:
         raise DataError(entry.skipped[0])
-    return Stored(_place(entry, data_on, processes), entry.labels, entry.classes, entry.paths, entry.skipped)
+    return Stored(_hold(entry, options), entry.labels, entry.classes, entry.paths, entry.skipped)
 
 
 def _existing(key: str, formats: tuple[str, ...]) -> Entry | None:
@@ -228,24 +296,19 @@ def _existing(key: str, formats: tuple[str, ...]) -> Entry | None:
     return None
 
 
-def _place(entry: Entry, data_on: str, processes: int) -> torch.Tensor | DiskImages:
-    """In memory (a tensor) when asked or when it takes under half of the free memory; else on disk."""
+def _hold(entry: Entry, options: DataOptions) -> torch.Tensor | DiskImages:
+    """The entry's images read into memory (a tensor), or left on disk, as :func:`~simsiam.data.batches.placement` decides."""
     images = DiskImages(entry)
-    if data_on in ("disk", "gpu"):
-        images.note = f"--data-on {data_on}"
-        return images
-    fits, why = fits_in_memory(images.nbytes, processes)
-    if data_on == "memory" or fits:
-        return images.to_tensor()
-    images.note = why
-    return images
+    where, images.note = placement(images.nbytes, "cpu", options.data_on, options.processes)
+    return images.to_tensor() if where == "memory" else images
 
 
 # -- building an entry ----------------------------------------------------------------------------
 
 
-def _build(key, files, labels, classes, size, channels, cache_format, data_on, processes, strict, progress, decode_device) -> Entry:
-    fmt, needed, why = _choose_format(files, size, channels, cache_format, data_on, processes)
+def _build(key: str, files: list[Path], labels: list[int] | None, classes: list[str], options: DataOptions) -> Entry:
+    size, channels = options.image_size, options.channels
+    fmt, needed, why = _choose_format(files, options)
     final = entry_path(key, fmt)
     free = _free_bytes(final.parent)
     what = f"{len(files):,} images at {size} px" + (f", {channels} channels" if channels != 3 else "")
@@ -254,18 +317,17 @@ def _build(key, files, labels, classes, size, channels, cache_format, data_on, p
             f"not enough disk for the image cache: {what} take {'about ' if fmt == 'jpeg' else ''}{gib(needed)} ({fmt}) "
             f"in {show_path(final.parent)}, where {gib(free)} are free; {SHRINK}"
         )
-    if progress:
+    if options.progress:
         kind = "raw" if fmt == "raw" else f"as JPEG, quality {JPEG_QUALITY}{why}"
         room = "" if free is None else f" ({gib(free)} free there)"
         print(f"image cache: decoding {what} into {'about ' if fmt == 'jpeg' else ''}{gib(needed)} {kind} at {show_path(final)}{room}",
               file=sys.stderr, flush=True)  # fmt: skip
-    jpeg_device = decode_device if decode_device is not None and torch.device(decode_device).type == "cuda" else None
     writer = EntryWriter(final, fmt, (channels, size, size))
     with writer:  # a cache folder that cannot be written at all raises its OSError here, before any decoding
         try:
             keep: list[int] = []
             skipped: list[str] = []
-            for chunk in decode_chunks(files, size, strict, progress, jpeg_device, channels):
+            for chunk in decode_chunks(files, size, options.strict, options.progress, options.jpeg_device, channels):
                 writer.add(chunk.images)
                 keep += chunk.keep
                 skipped += chunk.skipped
@@ -276,13 +338,14 @@ def _build(key, files, labels, classes, size, channels, cache_format, data_on, p
 
 def _write_error(e: OSError, where: Path, n: int, size: int, needed: str) -> DataError:
     return DataError(
-        f"cannot write the image cache {show_path(where)} ({e.strerror or e}); nothing of it was kept ({n:,} images at {size} px "
+        f"cannot write the image cache {show_path(where)} ({os_error_text(e)}); nothing of it was kept ({n:,} images at {size} px "
         f"take {needed}); free some disk there, or {SHRINK}"
     )
 
 
-def _choose_format(files, size, channels, cache_format, data_on, processes) -> tuple[str, int, str]:
+def _choose_format(files: list[Path], options: DataOptions) -> tuple[str, int, str]:
     """(format, bytes it will take, why jpeg was chosen): raw unless asked, or raw would not fit in memory or on the disk."""
+    size, channels, cache_format = options.image_size, options.channels, options.cache_format
     raw = len(files) * channels * size * size
     if channels not in (1, 3):
         if cache_format == "jpeg":
@@ -292,7 +355,7 @@ def _choose_format(files, size, channels, cache_format, data_on, processes) -> t
         return "raw", raw, ""
     if cache_format == "auto":
         free = _free_bytes(images_dir())
-        in_memory = data_on == "memory" or fits_in_memory(raw, processes)[0]
+        in_memory = options.data_on == "memory" or fits_in_memory(raw, options.processes)[0]
         on_disk = free is None or raw < free
         if in_memory and on_disk:
             return "raw", raw, ""
@@ -327,15 +390,14 @@ def _free_bytes(folder: Path) -> int | None:
         return None
 
 
-def _in_memory(files, labels, classes, size, channels, strict, progress, decode_device, error: OSError) -> Stored:
+def _in_memory(files: list[Path], labels: list[int] | None, classes: list[str], options: DataOptions, error: OSError) -> Stored:
     """The old way, when the cache folder cannot be written at all: decoded into memory, with a warning."""
     warnings.warn(
-        f"could not write the image cache in {show_path(images_dir())} ({error.strerror or error}); decoding into memory, "
+        f"could not write the image cache in {show_path(images_dir())} ({os_error_text(error)}); decoding into memory, "
         "and the next run decodes again",
         CacheWarning,
         stacklevel=4,
     )
-    jpeg_device = decode_device if decode_device is not None and torch.device(decode_device).type == "cuda" else None
-    images, keep, skipped = decode_all(files, size, strict, progress, jpeg_device, channels)
+    images, keep, skipped = decode_all(files, options.image_size, options.strict, options.progress, options.jpeg_device, options.channels)
     images = images[keep].clone() if len(keep) < len(files) else images
     return Stored(images, None if labels is None else [labels[i] for i in keep], classes, [str(files[i]) for i in keep], skipped)

@@ -25,35 +25,36 @@ DATA (``cd photos && simsiam train .``) is left out, with a warning naming it.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import stat
+import dataclasses
 import statistics
 import warnings
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from simsiam.data.cache import CACHE_VERSION
-from simsiam.data.cifar import read_cifar_pickle
 from simsiam.data.decode import STACK_EXTENSIONS, channels_of, decode_image, image_size_of
 from simsiam.data.disk import DiskImages
-from simsiam.data.folder import IMAGE_EXTENSIONS, MAX_NAMED, SkippedImagesWarning, cached_folder, is_run_folder, list_images
+from simsiam.data.folder import (
+    IMAGE_EXTENSIONS,
+    MAX_NAMED,
+    DataOptions,
+    SkippedImagesWarning,
+    cache_key,
+    cached_folder,
+    is_run_folder,
+    list_images,
+)
 from simsiam.errors import ConfigError, DataError
 from simsiam.files import cache_dir, show_path
-from simsiam.system import pool
 
 __all__ = ["ImageSet", "DataError", "SkippedImagesWarning", "load", "load_folder", "load_cifar", "load_demo", "list_images"]
 __all__ += ["is_run_folder", "cache_dir", "decode_image", "show_path", "channel_stats"]
 
 DEMO_FILE = Path(__file__).parent / "demo" / "cifar10_demo.npz"
 DEFAULT_MAX_SIZE = 224
-KEY_BLOCK = 64 * 1024  # bytes hashed at each end of a file for its cache key
 
 
 @dataclass
@@ -114,45 +115,6 @@ def _auto_size(files: list[Path], max_size: int = DEFAULT_MAX_SIZE) -> int:
     return min(max_size, int(statistics.median(sides))) if sides else max_size
 
 
-def _cache_key(kind: str, root: Path, files: list[Path], size: int) -> str:
-    """The cache key of ``files`` decoded at ``size``: changes whenever any file's content may have.
-
-    Each file contributes its size, mtime_ns, ctime_ns, inode and permission bits
-    and a hash of its first and last 64 KiB (the whole file when it is under 128
-    KiB), read through one descriptor. ctime cannot be set back by ``touch -r``,
-    ``cp -p`` or ``rsync -t``, and the hash catches an edit that keeps every stamp;
-    only an edit of the middle of a large file with every stamp kept would go
-    unseen. Hashed in threads (reads release the GIL).
-    """
-    # os.fsencode: file names need not be valid UTF-8.
-    h = hashlib.sha1(f"{CACHE_VERSION}|{kind}|{size}|".encode() + os.fsencode(root.resolve()))
-    parts = [files[start : start + 256] for start in range(0, len(files), 256)]
-    for part, stamps in zip(parts, pool().map(lambda part: [_file_stamp(f) for f in part], parts)):
-        for f, stamp in zip(part, stamps):
-            h.update(os.fsencode(f) + stamp.encode())
-    return h.hexdigest()[:20]
-
-
-def _file_stamp(f: Path, block: int = KEY_BLOCK) -> str:
-    try:
-        fd = os.open(f, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:  # a dangling link, a link loop, no permission: the decoding pass reports it
-        return f"|unreadable {e.errno}\n"
-    try:
-        st = os.fstat(fd)
-        digest = hashlib.blake2b(digest_size=16)
-        if stat.S_ISREG(st.st_mode):  # anything else is refused by the decoding pass, unread
-            if st.st_size <= 2 * block:
-                digest.update(os.pread(fd, st.st_size, 0))
-            else:
-                digest.update(os.pread(fd, block, 0) + os.pread(fd, block, st.st_size - block))
-        return f"|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}|{st.st_mode & 0o7777:o}|{digest.hexdigest()}\n"
-    except OSError as e:
-        return f"|unreadable {e.errno}\n"
-    finally:
-        os.close(fd)
-
-
 def _data_channels(files: list[Path]) -> int:
     """The folder's channel count: 3 for image files (grey ones too, as RGB), C for stacks of C bands.
 
@@ -177,26 +139,16 @@ def _warn_skipped(reasons: list[str], total: int) -> None:
     )
 
 
-def load_folder(
-    root: Path,
-    image_size: int | None = None,
-    strict: bool = False,
-    progress: bool = True,
-    decode_device: str | None = None,
-    exclude: Iterable[str | Path] = (),
-    channels: int | None = None,
-    data_on: str = "auto",
-    cache_format: str = "auto",
-    processes: int = 1,
-) -> ImageSet:
+def load_folder(root: Path, options: DataOptions | None = None, **kwargs) -> ImageSet:
     """An image folder as an ImageSet, decoded once into the disk cache and then read from it; see :func:`load`.
 
-    The decoded images stay on disk (:class:`~simsiam.data.disk.DiskImages`)
+    ``options`` (or its fields as keywords, which override it) say how; among them:
+    the decoded images stay on disk (:class:`~simsiam.data.disk.DiskImages`)
     when they would take more than half of the free memory (for ``processes``
-    copies), or with ``data_on="disk"``; ``"memory"`` always reads them in.
-    ``cache_format``: raw pixels, or JPEGs re-encoded at high quality (several
-    times smaller); ``auto`` takes JPEG when raw would not fit in memory or on disk
-    (see :mod:`simsiam.data.folder`).
+    copies), or with ``data_on="disk"``; ``"memory"`` always reads them in
+    (:func:`~simsiam.data.batches.placement` decides). ``cache_format``: raw
+    pixels, or JPEGs re-encoded at high quality (several times smaller); ``auto``
+    takes JPEG when raw would not fit in memory or on disk (see :mod:`simsiam.data.folder`).
 
     ``channels``: None finds the count from the data (3 for image files, C for
     stacks of C bands: the most common count over a sample); 1 reads every image
@@ -205,15 +157,15 @@ def load_folder(
     cannot be decoded is (``strict`` stops at it instead).
     """
     root = Path(root)
-    files, labels, classes = list_images(root, exclude, strict=strict)
+    options = dataclasses.replace(options or DataOptions(), **kwargs)
+    files, labels, classes = list_images(root, options.exclude, strict=options.strict)
     if not files:
         raise DataError(f"{show_path(root)}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
-    size = image_size or _auto_size(files)
-    channels = channels or _data_channels(files)
-    key = _cache_key("folder" if channels == 3 else f"folder/{channels}", root, files, size)
-    on_gpu = decode_device is not None and torch.device(decode_device).type == "cuda"
-    stored = cached_folder(key, files, labels, classes, size, channels, cache_format, data_on, processes, strict=strict,
-                           progress=progress, decode_device=decode_device if on_gpu else None)  # fmt: skip
+    options = dataclasses.replace(
+        options, image_size=options.image_size or _auto_size(files), channels=options.channels or _data_channels(files)
+    )
+    kind = "folder" if options.channels == 3 else f"folder/{options.channels}"
+    stored = cached_folder(cache_key(kind, root, files, options.image_size), files, labels, classes, options)
     _warn_skipped(stored.skipped, len(files))
     if not stored.paths:
         raise DataError(f"{show_path(root)}: none of the {len(files)} image files could be decoded")
@@ -224,45 +176,19 @@ def load_folder(
 # -- CIFAR-10 python batches -----------------------------------------------------------
 
 
-def _is_cifar(path: Path) -> bool:
+def is_cifar(path: Path) -> bool:
+    """Whether ``path`` is CIFAR-10's python version: a data_batch_* or test_batch file, or a folder holding one."""
     if path.is_file():
         return path.name.startswith(("data_batch", "test_batch"))
     return (path / "data_batch_1").is_file() or (path / "test_batch").is_file()
 
 
-def _cifar_batch(f: Path) -> tuple[np.ndarray, list[int]]:
-    batch = read_cifar_pickle(f)
-    try:
-        data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = [int(x) for x in batch["labels"]]
-        if len(labels) != len(data) or not all(0 <= x < 256 for x in labels):
-            raise ValueError(f"{len(data)} images but {len(labels)} labels, or labels out of range")
-    except Exception as e:
-        raise DataError(f"{show_path(f)}: not a CIFAR-10 python batch ({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
-    return data, labels
-
-
 def load_cifar(path: Path, image_size: int | None = None) -> ImageSet:
-    """The CIFAR-10 python version: a folder (its data_batch_* files) or one batch file."""
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(path.glob("data_batch_*")) or [path / "test_batch"]
-    meta = (path.parent if path.is_file() else path) / "batches.meta"
-    images, labels, paths = [], [], []
-    for f in files:
-        data, batch_labels = _cifar_batch(f)
-        images.append(torch.from_numpy(data))
-        labels += batch_labels
-        paths += [f"{f}#{i}" for i in range(len(data))]
-    classes = [str(i) for i in range(max(10, max(labels, default=0) + 1))]
-    if meta.is_file():
-        names = read_cifar_pickle(meta).get("label_names")
-        if not isinstance(names, list) or len(names) <= max(labels, default=0):
-            raise DataError(f"{show_path(meta)}: not CIFAR-10 batch metadata (no label_names for every label)")
-        classes = [c.decode("utf-8", "backslashreplace") if isinstance(c, bytes) else str(c) for c in names]
-    x = torch.cat(images)
-    if image_size and image_size != 32:
-        x = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", antialias=True).round().clamp(0, 255).to(torch.uint8)
-    return ImageSet(x, torch.tensor(labels, dtype=torch.long), classes, paths, str(path))
+    """The CIFAR-10 python version: a folder (its data_batch_* files) or one batch file (:mod:`simsiam.data.cifar`)."""
+    from simsiam.data.cifar import read_cifar  # its restricted unpickler is loaded only for CIFAR data
+
+    images, labels, classes, paths = read_cifar(Path(path), image_size)
+    return ImageSet(images, labels, classes, paths, str(path))
 
 
 # -- the demo set --------------------------------------------------------------------------
@@ -278,45 +204,34 @@ def load_demo(image_size: int | None = None) -> ImageSet:
     return ImageSet(images, torch.from_numpy(labels.astype(np.int64)), [str(c) for c in classes], paths, "demo")
 
 
-def load(
-    data: str | Path | None,
-    image_size: int | None = None,
-    strict: bool = False,
-    progress: bool = True,
-    decode_device: str | None = None,
-    exclude: Iterable[str | Path] = (),
-    channels: int | None = None,
-    data_on: str = "auto",
-    cache_format: str = "auto",
-    processes: int = 1,
-) -> ImageSet:
+def load(data: str | Path | None, image_size: int | None = None, *, options: DataOptions | None = None, **kwargs) -> ImageSet:
     """Load DATA as the CLI understands it: None (the demo set), an image folder, or CIFAR-10 batches.
 
-    decode_device="cuda" decodes the JPEGs of a folder on the GPU (when the cache
-    is built). ``exclude`` names files or folders inside DATA never to read (a
-    run's own output folder); run folders of simsiam are left out anyway.
-    ``channels`` (None: the data's) is for folders; the demo set and CIFAR-10 are RGB.
-    ``data_on``, ``cache_format`` and ``processes`` decide where a folder's decoded
-    images are kept (see :func:`load_folder`); the demo set and CIFAR-10 are held in memory.
+    How is said by ``options`` (:class:`~simsiam.data.folder.DataOptions`), or by
+    its fields as keywords, which override it (``image_size`` too). Most are for
+    folders: the demo set and CIFAR-10 are RGB and held in memory. ``decode_device="cuda"``
+    decodes the JPEGs of a folder on the GPU (when the cache is built). ``exclude``
+    names files or folders inside DATA never to read (a run's own output folder);
+    run folders of simsiam are left out anyway.
 
     >>> ds = load(None)
     >>> ds.images.shape, ds.images.dtype, len(ds.classes)
     (torch.Size([5000, 3, 32, 32]), torch.uint8, 10)
     """
+    options = dataclasses.replace(options or DataOptions(), **({"image_size": image_size} if image_size else {}), **kwargs)
     path = None if data is None else Path(data)
-    if channels not in (None, 3) and (path is None or (path.exists() and _is_cifar(path))):
+    if options.channels not in (None, 3) and (path is None or (path.exists() and is_cifar(path))):
         what = "the demo set" if path is None else f"{show_path(path)} (CIFAR-10 batches)"
-        raise ConfigError(f"{what} is RGB: 3 channels, not {channels}", key="model.channels")
+        raise ConfigError(f"{what} is RGB: 3 channels, not {options.channels}", key="model.channels")
     if path is None:
-        return load_demo(image_size)
+        return load_demo(options.image_size)
     if not path.exists():
         raise DataError(f"{show_path(path)}: no such file or folder")
-    if _is_cifar(path):
-        return load_cifar(path, image_size)
+    if is_cifar(path):
+        return load_cifar(path, options.image_size)
     if not path.is_dir():
         raise DataError(f"{show_path(path)}: expected a folder of images or a CIFAR-10 python batch")
-    return load_folder(path, image_size, strict=strict, progress=progress, decode_device=decode_device, exclude=exclude, channels=channels,
-                       data_on=data_on, cache_format=cache_format, processes=processes)  # fmt: skip
+    return load_folder(path, options)
 
 
 # -- normalisation -------------------------------------------------------------------------

@@ -42,11 +42,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torchvision
+from torch.func import functional_call
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from simsiam.errors import ConfigError
+from simsiam.files import error_text
 from simsiam.model.adapt import first_conv_takes, module_expr, remove_classifier, resnet_stem
-from simsiam.model.probe import probe
 
 SLIM = "resnet10-slim"
 # Our CPU networks: torchvision's ResNet class with one BasicBlock per stage and
@@ -187,7 +188,7 @@ def adopt(module: nn.Module, *, channels: int = 3, image_size: int | None = None
         out, _ = probe(module, channels, size)
     except Exception as e:
         raise ConfigError(
-            f"your {type(module).__name__} fails on a (2, {channels}, {size}, {size}) batch ({_first_line(e)}); "
+            f"your {type(module).__name__} fails on a (2, {channels}, {size}, {size}) batch ({error_text(e, kind=True, first_line=True)}); "
             "pass image_size= and channels= as your images are, or feature_dim=",
             key="model.backbone",
         ) from None
@@ -247,7 +248,7 @@ def _size_refusal(name: str, builder, image_size: int, error: Exception) -> str:
         patch = None
     if isinstance(patch, int):
         return f"{name} cuts images into {patch}x{patch} patches: the image size must be a multiple of {patch}, got {image_size}"
-    return f"{name} cannot be built for {image_size} px images: {_first_line(error)}"
+    return f"{name} cannot be built for {image_size} px images: {error_text(error, kind=True, first_line=True)}"
 
 
 def _timm_net(model: str, channels: int, image_size: int | None) -> tuple[nn.Module, list[str]]:
@@ -264,7 +265,7 @@ def _timm_net(model: str, channels: int, image_size: int | None) -> tuple[nn.Mod
             net = timm.create_model(model, pretrained=False, **args)
     except Exception as e:
         raise ConfigError(
-            f"timm could not build {model!r} for {channels}-channel {image_size or 'default-size'} images: {_first_line(e)}",
+            f"timm could not build {model!r} for {channels}-channel {image_size or 'default-size'} images: {error_text(e, kind=True, first_line=True)}",
             key="model.backbone",
         ) from None
     call = ", ".join(f"{k}={v!r}" for k, v in args.items())
@@ -332,12 +333,9 @@ def _probe_or_refuse(net: nn.Module, name: str, channels: int, size: int, image_
         return probe(net, channels, size)
     except Exception as e:
         key = "image_size" if image_size else "model.backbone"
-        raise ConfigError(f"{name} cannot take {size} px images with {channels} channels: {_first_line(e)}", key=key) from None
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+        raise ConfigError(
+            f"{name} cannot take {size} px images with {channels} channels: {error_text(e, kind=True, first_line=True)}", key=key
+        ) from None
 
 
 def _description(name: str, net: nn.Module, dim: int, size: int, side: int | None, small: bool, stem: bool, channels: int) -> str:
@@ -359,3 +357,67 @@ def _description(name: str, net: nn.Module, dim: int, size: int, side: int | Non
     if channels != 3:
         text += f"; the first convolution takes {channels} channel{'s' if channels > 1 else ''}"
     return text
+
+
+# -- the dummy forward that finds what a network gives: its output, and the side of its last feature map
+
+
+def probe(net: nn.Module, channels: int, size: int):
+    """The output of a (2, C, S, S) batch and the side of the last feature map before global pooling.
+
+    On the meta device first (shapes only: free for any size of network); where a
+    module does something the meta device cannot, a real forward in eval mode.
+    The network's modes and statistics are left as they were.
+    """
+    modes = {m: m.training for m in net.modules()}
+    sides = _Sides(net)
+    net.eval()
+    try:
+        with torch.no_grad():
+            try:
+                state = {k: torch.empty_like(v, device="meta") for k, v in (*net.named_parameters(), *net.named_buffers())}
+                out = functional_call(net, state, (torch.empty(2, channels, size, size, device="meta"),))
+            except Exception:
+                sides.reset()
+                device = next(net.parameters(), torch.empty(0)).device
+                out = net(torch.zeros(2, channels, size, size, device=device))
+    finally:
+        sides.remove()
+        for m, training in modes.items():
+            m.training = training
+    return out, sides.side
+
+
+class _Sides:
+    """Forward hooks that find the side of the last feature map before global pooling (None when there is none)."""
+
+    def __init__(self, net: nn.Module):
+        self.handles = [m.register_forward_hook(self._hook) for m in net.modules()]
+        self.reset()
+
+    def reset(self):
+        self.last = self.pooled = None
+
+    def _hook(self, module, inputs, output):
+        if not isinstance(output, torch.Tensor):
+            return
+        x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+        if "Pool" in type(module).__name__ and x is not None and x.ndim == 4 and (output.ndim < 4 or _side(output) == 1):
+            self.pooled = _side(x)  # the input of the latest global pool: squeeze-excitation pools come earlier
+        elif output.ndim == 4 and _side(output) is not None:
+            self.last = _side(output)
+
+    @property
+    def side(self) -> int | None:
+        return self.pooled if self.pooled is not None else self.last
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def _side(t: torch.Tensor) -> int | None:
+    """The spatial side of a map of a square image, laid out (B, C, H, W) or (B, H, W, C)."""
+    if t.shape[2] == t.shape[3]:
+        return int(t.shape[2])
+    return int(t.shape[1]) if t.shape[1] == t.shape[2] else None

@@ -6,8 +6,9 @@ Its names load on first use (PEP 562), so that importing the package loads none 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from functools import partial
+
+from simsiam import lazy
 
 _HOMES = {
     "fit": "simsiam.train.run",
@@ -19,16 +20,5 @@ _HOMES = {
     "describe_distributed": "simsiam.train.launch",
 }
 __all__ = list(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    module = _HOMES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+__getattr__ = partial(lazy.attribute, __name__, _HOMES)  # PEP 562: a name's module is imported on first use
+__dir__ = partial(lazy.names, __name__, _HOMES)

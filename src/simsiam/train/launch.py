@@ -21,6 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from simsiam import system
 from simsiam.config.schema import TrainConfig
 from simsiam.errors import ConfigError, RunError
 
@@ -32,8 +33,8 @@ LAUNCH_VARIABLES = ("WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "SLURM_NTASKS")
 
 
 def uses_gpu(cfg: TrainConfig) -> bool:
-    """Whether the run trains on the GPU: there is one, and --accelerator is not cpu."""
-    return cfg.accelerator != "cpu" and torch.cuda.is_available()
+    """Whether the run trains on the GPU (:func:`simsiam.system.uses_gpu` of its --accelerator)."""
+    return system.uses_gpu(cfg.accelerator)
 
 
 def processes_per_node(cfg: TrainConfig) -> int:

@@ -21,8 +21,7 @@ from simsiam.augment import Augment
 from simsiam.checkpoint import rename_legacy_weights
 from simsiam.config.schema import TrainConfig
 from simsiam.errors import NonFiniteLossError, TrainingInterrupted
-from simsiam.evaluate import z_std
-from simsiam.loss import simsiam_loss
+from simsiam.loss import simsiam_loss, z_std
 from simsiam.model.siamese import SimSiam
 
 __all__ = ["SimSiamModule", "lr_factor", "NonFiniteLossError", "TrainingInterrupted"]

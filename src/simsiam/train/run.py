@@ -3,21 +3,34 @@
 ``fit`` is what ``simsiam train`` calls. In order: it checks the processes,
 claims the run folder (new, empty or a run's; see :meth:`RunFolder.claim`) and
 locks it before reading any data, records DATA and --val (absolute, with a
-fingerprint; checked on resume, :mod:`simsiam.train.run_data`), loads the images, builds the
+fingerprint; checked on resume, below), loads the images, builds the
 :class:`~simsiam.train.module.SimSiamModule`, the callbacks of :mod:`simsiam.train.callbacks`
 and a Lightning Trainer (devices, precision, DDP, checkpoints, TensorBoard),
 trains, and writes metrics.json, training.png and backbone.pt.
+
+The data a run trains on are recorded in its run folder and checked on ``--resume``
+(:func:`settle_data`). A run records DATA and --val as absolute paths (a resume from another working
+directory finds the same files), each with a fingerprint taken from the listing
+alone, without decoding: the number of files, their total bytes, and a hash of
+their names (relative to DATA) and sizes. ``--resume`` continues on the data
+recorded, and refuses in one line data that no longer match, saying what
+changed. DATA (or --val) named again on ``--resume`` continues on the data as
+they are now (also moved elsewhere, when its files are the same), and the log
+line says so.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,18 +41,18 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from simsiam import data as data_module
+import simsiam.data.sources as sources  # through the module: a test stubs sources.load to stop where DATA is read
 from simsiam.checkpoint import check_training_state, config_of, read_checkpoint
-from simsiam.config.file import load_yaml
-from simsiam.config.layers import resolve, resume_config, save_yaml
+from simsiam.config.layers import load_yaml, resolve, resume_config, save_yaml
 from simsiam.config.schema import TrainConfig
 from simsiam.data.batches import Batches, BatchSource, ShardedBatches
 from simsiam.data.disk import DiskImages
-from simsiam.data.sources import ImageSet
-from simsiam.errors import CheckpointError, ConfigError, NonFiniteLossError, RunError, TrainingInterrupted
-from simsiam.files import atomic_write, save_torch_atomic, write_json
+from simsiam.data.folder import DataOptions, SkippedImagesWarning, list_images
+from simsiam.data.sources import ImageSet, channel_stats, is_cifar
+from simsiam.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, RunError, TrainingInterrupted
+from simsiam.files import atomic_write, os_error_text, save_torch_atomic, show_path, write_json
 from simsiam.run_folder import RunFolder
-from simsiam.train.callbacks import EpochReport, ExactResume, GracefulStop, OnlineKnn
+from simsiam.train.callbacks import EpochReport, ExactResume, GracefulStop, OnlineKnn, ProgressBar, RankZeroRunFolder, say
 from simsiam.train.launch import (
     LAUNCHERS,
     check_batch,
@@ -53,8 +66,6 @@ from simsiam.train.launch import (
     waited_error,
 )
 from simsiam.train.module import SimSiamModule
-from simsiam.train.ranks import ProgressBar, RankZeroRunFolder, say
-from simsiam.train.run_data import settle_data
 
 __all__ = ["fit", "summary", "AtomicCheckpointIO", "CTRL_C"]
 __all__ += ["LAUNCHERS", "launched_processes", "describe_distributed"]  # the processes of a run, from simsiam.train.launch
@@ -164,20 +175,29 @@ def _load_images(cfg: TrainConfig, run: RunFolder, progress: bool) -> tuple[Trai
         torch.set_float32_matmul_precision("high")  # TF32 for whatever runs outside bf16 autocast
     elif cfg.data_on == "gpu":
         raise ConfigError("gpu asked for, but training runs on the CPU (no CUDA GPU, or --accelerator cpu)", key="data_on")
-    options = dict(strict=cfg.strict, progress=progress, decode_device="cuda" if on_gpu else None, exclude=[run.path])
-    # Where the decoded images are kept (memory or the disk cache), for this many copies of them on this machine.
-    options.update(data_on=cfg.data_on, cache_format=cfg.cache_format, processes=processes_per_node(cfg))
-    dataset = data_module.load(cfg.data, cfg.cache_size or cfg.image_size, channels=cfg.model.channels, **options)
+    options = DataOptions(
+        image_size=cfg.cache_size or cfg.image_size,
+        channels=cfg.model.channels,
+        strict=cfg.strict,
+        progress=progress,
+        decode_device="cuda" if on_gpu else None,
+        exclude=(str(run.path),),
+        data_on=cfg.data_on,
+        cache_format=cfg.cache_format,
+        processes=processes_per_node(cfg),  # the copies of the images on this machine, for the memory rule
+    )
+    dataset = sources.load(cfg.data, options=options)
     # Not RGB: the views, the kNN and the exports are normalised with the data's own per-channel mean and std.
     cfg = resolve(
         cfg,
         cfg.image_size or dataset.image_size,
         on_gpu,
         channels=dataset.channels,
-        statistics=lambda: data_module.channel_stats(dataset.images),
+        statistics=lambda: channel_stats(dataset.images),
     )
     cfg = dataclasses.replace(cfg, cache_size=dataset.image_size)  # the views are random crops of images this size
-    val = data_module.load(cfg.val, cfg.cache_size, channels=cfg.model.channels, **options) if cfg.val is not None else None
+    options = dataclasses.replace(options, image_size=cfg.cache_size, channels=cfg.model.channels)
+    val = sources.load(cfg.val, options=options) if cfg.val is not None else None
     return cfg, _knn_sets(cfg, dataset, val)
 
 
@@ -298,7 +318,7 @@ def _train(trainer: L.Trainer, module: SimSiamModule, images: L.LightningDataMod
         raise CheckpointError(f"{e}; once that is fixed, continue with: {run.resume_command()}") from None
     except OSError as e:  # a full disk or a lost folder while writing metrics or logs
         where = f"{e.filename}: " if e.filename else ""
-        raise RunError(f"{where}{e.strerror or e}; {run.kept()}; once that is fixed, continue with: {run.resume_command()}") from None
+        raise RunError(f"{where}{os_error_text(e)}; {run.kept()}; once that is fixed, continue with: {run.resume_command()}") from None
     except _DIST_ERRORS as e:  # processes that did not all come, or stopped answering
         raise waited_error(e, module.cfg, started=trainer.global_step > 0) from None
     except SystemExit:
@@ -347,12 +367,13 @@ class _TrainingImages(L.LightningDataModule):
     def __init__(self, images: torch.Tensor | DiskImages, cfg: TrainConfig):
         super().__init__()
         self.images, self.batch_size, self.seed, self.data_on = images, cfg.batch_size, cfg.seed, cfg.data_on
+        self.processes = processes_per_node(cfg)
         self.source: BatchSource | None = None
 
     def train_dataloader(self) -> Batches:
         t = self.trainer
         device = t.strategy.root_device
-        self.source = BatchSource.place(self.images, device, self.data_on)
+        self.source = BatchSource.place(self.images, device, self.data_on, self.processes)
         say(t, self.source.describe())
         sampler = ShardedBatches(len(self.source), self.batch_size // t.world_size, t.global_rank, t.world_size, self.seed)
         return Batches(self.source, sampler, device)
@@ -379,7 +400,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             save_torch_atomic(checkpoint, path)
         except OSError as e:
             kept = "the previous checkpoint there is kept" if had_previous else "no checkpoint was written"
-            raise CheckpointError(f"{path}: cannot save the checkpoint ({e.strerror or e}); {kept}") from e
+            raise CheckpointError(f"{path}: cannot save the checkpoint ({os_error_text(e)}); {kept}") from e
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         """Lightning's read of the file --resume continues from: tensors and plain values only, whatever torch's default."""
@@ -405,3 +426,116 @@ def _stop_on_ctrl_c(stop: GracefulStop) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)  # also undoes Lightning's SIG_IGN after a KeyboardInterrupt
+
+
+# -- the data a run trains on, recorded and checked on resume --------------------------------
+
+# The options that name data: the config key, the name a user knows it by, and what "none" means for it.
+DATA_OPTIONS = (("data", "DATA", "the demo set"), ("val", "--val", "no --val"))
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a run's data were, from their listing: their absolute path, file count, total bytes, and names+sizes hash."""
+
+    path: str
+    files: int
+    bytes: int
+    names: str
+
+    def same_files(self, other: Fingerprint) -> bool:
+        return (self.files, self.bytes, self.names) == (other.files, other.bytes, other.names)
+
+    def changes_since(self, old: Fingerprint) -> str:
+        """What changed from ``old`` to these files, in words ("13 files, was 12; 5120 bytes, was 4800")."""
+        said = [f"{self.files} files, was {old.files}"] if self.files != old.files else []
+        said += [f"{self.bytes} bytes, was {old.bytes}"] if self.bytes != old.bytes else []
+        return "; ".join(said) or f"the same {self.files} files in count and bytes, but other names or sizes"
+
+    @classmethod
+    def from_record(cls, values: Any) -> Fingerprint | None:
+        """The fingerprint a run folder's marker recorded, or None (none recorded, or not one of ours)."""
+        try:
+            found = cls(str(values["path"]), int(values["files"]), int(values["bytes"]), str(values["names"]))
+        except (TypeError, KeyError, ValueError):
+            return None
+        return found
+
+
+def fingerprint(data: str | None, exclude: Iterable[str | Path] = ()) -> Fingerprint | None:
+    """The fingerprint of DATA (None for the demo set): the files :func:`simsiam.data.load` would read, listed, not decoded."""
+    if data is None:
+        return None
+
+    path = Path(os.path.abspath(data))
+    if not path.exists():
+        raise DataError(f"{show_path(path)}: no such file or folder")
+    if path.is_file():
+        root, files = path.parent, [path]
+    elif is_cifar(path):
+        root = path
+        files = sorted(f for f in path.iterdir() if f.name.startswith(("data_batch", "test_batch", "batches.meta")) and f.is_file())
+    else:
+        root = path
+        with warnings.catch_warnings():  # data.load warns about the same files when it reads them
+            warnings.simplefilter("ignore", SkippedImagesWarning)
+            files, _, _ = list_images(path, exclude)
+    names, total = hashlib.sha256(), 0
+    for f in files:
+        try:
+            size = f.stat().st_size
+        except OSError:  # a dangling link: decoding reports it; here it counts as a file of no bytes
+            size = -1
+        total += max(size, 0)
+        names.update(os.fsencode(f.relative_to(root)) + b"\0" + str(size).encode() + b"\n")
+    return Fingerprint(str(path), len(files), total, names.hexdigest()[:16])
+
+
+def settle_data(run: RunFolder, cfg: TrainConfig, given: TrainConfig | None, record: bool) -> tuple[TrainConfig, list[str]]:
+    """``cfg`` with DATA and --val absolute, checked against what the run recorded; and the log lines about them.
+
+    ``given`` is the config as typed on ``--resume`` (None: a new run, nothing to
+    check); ``record`` writes the fingerprints into the run folder's marker (rank 0).
+    """
+    recorded = run.marker_values() or {}
+    found: dict[str, Fingerprint | None] = {}
+    notes = []
+    for key, option, none in DATA_OPTIONS:
+        if given is None:
+            found[key] = fingerprint(getattr(cfg, key), exclude=[run.path])
+            continue
+        found[key], note = _continued(run, option, none, getattr(cfg, key), getattr(given, key), Fingerprint.from_record(recorded.get(key)))
+        notes += [note] if note else []
+    cfg = dataclasses.replace(cfg, **{key: None if fp is None else fp.path for key, fp in found.items()})
+    if record:
+        run.record(**{key: None if fp is None else dataclasses.asdict(fp) for key, fp in found.items()})
+    return cfg, notes
+
+
+def _continued(
+    run: RunFolder, option: str, none: str, saved: str | None, named: str | None, recorded: Fingerprint | None
+) -> tuple[Fingerprint | None, str | None]:
+    """The data a resumed run continues on for one option: its own unchanged, or what was named again; and a log line."""
+    if named is None:
+        if saved is None:
+            return None, None
+        now = fingerprint(saved, exclude=[run.path])  # a run from before absolute paths: relative to here
+        if recorded is not None and not now.same_files(recorded):
+            raise RunError(
+                f"{option}: {now.path} has changed since the run started ({now.changes_since(recorded)}); --resume continues "
+                f"a run on the data it started on: put them back, or name {option} again to continue on them as they are now"
+            )
+        return now, None
+    now = fingerprint(named, exclude=[run.path])
+    same_place = saved is not None and Path(saved).resolve() == Path(named).resolve()
+    if not same_place and (recorded is None or now is None or not now.same_files(recorded)):
+        raise RunError(
+            f"{option}: the run in {run.path} trains on {saved or none}, not {named}; --resume continues a run "
+            f"on its own data (leave {option} out), or start a new run with another --out"
+        )
+    if not same_place:
+        return now, f"{option}: continuing on {now.path} as named, the same files as {saved} where the run started"
+    if recorded is None:
+        return now, f"{option}: continuing on {now.path} as named"
+    changed = "unchanged" if now.same_files(recorded) else f"changed: {now.changes_since(recorded)}"
+    return now, f"{option}: continuing on {now.path} as named ({changed} since the run started)"
