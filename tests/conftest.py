@@ -38,4 +38,4 @@ def class_folder(tmp_path):
 
 
 # A model and training setting small enough for a CPU test to run in seconds.
-TINY = ["--backbone", "resnet10-slim", "--proj-dim", "64", "--pred-hidden-dim", "16", "--batch-size", "8", "--knn-k", "5", "--quiet"]
+TINY = ["--backbone", "resnet10-slim", "--proj-dim", "64", "--pred-hidden-dim", "16", "--batch-size", "8", "--knn-k", "5", "--no-progress"]

@@ -62,7 +62,7 @@ class Recorder(L.Callback):
 def train(record: Path, argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     cfg, flags, _, _ = train_config(args)
-    fit(cfg, resume=args.resume, overrides=flags, progress=not args.quiet, callbacks=[Recorder(record)])
+    fit(cfg, resume=args.resume, overrides=flags, progress=not (args.quiet or args.no_progress), callbacks=[Recorder(record)])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from simsiam.train.callbacks import CollapseWarning
 
 # Demo images, a tiny network and a high lr, so that collapse shows within ~150 steps.
 SETTING = ["--epochs", "2", "--batch-size", "64", "--lr", "2.0", "--backbone", "resnet10-slim", "--proj-dim", "64",
-           "--pred-hidden-dim", "16", "--knn-every", "0", "--seed", "0", "--quiet"]  # fmt: skip
+           "--pred-hidden-dim", "16", "--knn-every", "0", "--seed", "0", "--no-progress"]  # fmt: skip
 
 
 def run(tmp_path, name, *extra):

@@ -7,12 +7,12 @@ import torch
 
 from simsiam.checkpoint import load_checkpoint
 from simsiam.cli import main
-from simsiam.config import TrainConfig, cpu_bf16_trains, resolve
+from simsiam.config import TrainConfig, resolve
 from simsiam.evaluate import normalize_images
 
 from .conftest import write_class_folder
 
-SMALL = ["--proj-dim", "32", "--pred-hidden-dim", "8", "--batch-size", "4", "--knn-k", "3", "--epochs", "1", "--quiet"]
+SMALL = ["--proj-dim", "32", "--pred-hidden-dim", "8", "--batch-size", "4", "--knn-k", "3", "--epochs", "1", "--no-progress"]
 
 
 def run(capsys, *args):
@@ -43,7 +43,7 @@ def test_a_backbone_trains_exports_and_reloads_strictly(images, tmp_path, capsys
     folder = tmp_path / "run"
     code, out, err = run(capsys, "train", images, "--backbone", backbone, "--out", folder, *SMALL)
     assert code == 0, err
-    assert f"backbone: {backbone} at 32 px:" in out and "32-true on CPU" in out  # float32: bf16 is for ResNets on a CPU
+    assert f"backbone: {backbone} at 32 px:" in out and "32-true on CPU" in out  # float32 on every CPU
 
     code, out, err = run(capsys, "export", folder, "--format", "torchvision")
     assert code == 0, err
@@ -58,7 +58,7 @@ def test_a_backbone_trains_exports_and_reloads_strictly(images, tmp_path, capsys
     x = normalize_images(torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8), *cfg.normalization())
     with torch.no_grad():
         assert torch.equal(namespace["net"].eval()(x), model.features(x))
-    code, _, err = run(capsys, "embed", file, images, "--out", tmp_path / "e.npz", "--quiet")  # weights, not a checkpoint
+    code, _, err = run(capsys, "embed", file, images, "--out", tmp_path / "e.npz", "--no-progress")  # weights, not a checkpoint
     assert code == 2 and err.endswith("(backbone.pt holds backbone weights only; pass the run folder)\n")
 
     pytest.importorskip("onnx")
@@ -95,9 +95,8 @@ def test_an_image_size_found_from_the_data_says_so(tmp_path, capsys):
     assert err.endswith("; 16 px is the size found from DATA: set --image-size, or choose another --backbone\n")
 
 
-def test_cpu_bf16_is_for_resnets_only(monkeypatch):
-    monkeypatch.setattr("simsiam.config.layers.cpu_has_bf16_units", lambda: True)
-    assert cpu_bf16_trains(32, True, "resnet18") and cpu_bf16_trains(32, False, "resnet10-tiny")
-    assert not cpu_bf16_trains(224, False, "mobilenet_v3_small") and not cpu_bf16_trains(224, False, "timm:resnet18")
-    assert resolve(TrainConfig.from_dict({"model": {"backbone": "convnext_tiny"}}), 64, on_gpu=False).precision == "32-true"
-    assert resolve(TrainConfig.from_dict({"model": {"backbone": "resnet18"}}), 64, on_gpu=False).precision == "bf16-mixed"
+def test_every_backbone_trains_in_float32_on_a_cpu_even_with_bf16_units(monkeypatch):
+    monkeypatch.setattr("simsiam.system.cpu_has_bf16_units", lambda: True)
+    for backbone in ("resnet18", "resnet10-tiny", "convnext_tiny"):
+        assert resolve(TrainConfig.from_dict({"model": {"backbone": backbone}}), 64, on_gpu=False).precision == "32-true"
+    assert resolve(TrainConfig(), 64, on_gpu=True).precision == "bf16-mixed"

@@ -126,7 +126,7 @@ def test_training_from_disk_is_bit_for_bit_that_from_memory_and_resumes_exactly(
     with pytest.raises(TrainingInterrupted):
         _fit(data, tmp_path / "disk", [_CtrlCAt(3)], data_on="disk")  # stops after the first step of epoch 2
     assert read_checkpoint(tmp_path / "disk" / "checkpoints" / "last.ckpt")["global_step"] == 3
-    code = main(["train", "--resume", "--out", str(tmp_path / "disk"), "--quiet"])
+    code = main(["train", "--resume", "--out", str(tmp_path / "disk"), "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0 and "resuming from" in out and "(epoch 2 of 3, 1 of its 2 steps done)" in out
     assert "kept on disk (" in out and "read in prefetched batches: --data-on disk" in out
@@ -155,7 +155,7 @@ def test_the_imagenet_recipe_trains_on_large_jpegs_from_a_256_px_jpeg_cache(tmp_
     data = photos(tmp_path / "photos", 12, size=(480, 360))
     run = tmp_path / "run"
     args = ["train", str(data), "--recipe", "imagenet", "--backbone", "resnet10-slim", "--epochs", "1", "--batch-size", "4",
-            "--accelerator", "cpu", "--cache-format", "jpeg", "--data-on", "disk", "--out", str(run), "--quiet"]  # fmt: skip
+            "--accelerator", "cpu", "--cache-format", "jpeg", "--data-on", "disk", "--out", str(run), "--no-progress"]  # fmt: skip
     code = main(args)
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -165,10 +165,10 @@ def test_the_imagenet_recipe_trains_on_large_jpegs_from_a_256_px_jpeg_cache(tmp_
     assert cfg["model"]["proj_layers"] == 3
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 1
     # embed reads the same 256 px cache and takes features of its 224 px centres: from memory, and from disk
-    code = main(["embed", str(run), str(data), "--out", str(tmp_path / "memory.npz"), "--quiet"])
+    code = main(["embed", str(run), str(data), "--out", str(tmp_path / "memory.npz"), "--no-progress"])
     assert code == 0, capsys.readouterr().err
     monkeypatch.setattr(simsiam.system, "memory_available", lambda: 1000)  # nothing fits: read batch by batch from disk
-    code = main(["embed", str(run), str(data), "--out", str(tmp_path / "disk.npz"), "--quiet"])
+    code = main(["embed", str(run), str(data), "--out", str(tmp_path / "disk.npz"), "--no-progress"])
     assert code == 0, capsys.readouterr().err
     from_memory, from_disk = np.load(tmp_path / "memory.npz")["embedding"], np.load(tmp_path / "disk.npz")["embedding"]
     assert from_memory.shape[0] == 12 and np.array_equal(from_memory, from_disk)
@@ -242,7 +242,7 @@ FULL_DISK = textwrap.dedent(
     from simsiam.cli import main
     resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))  # writes past 200 kB fail, as on a full disk
     sys.exit(main(["train", sys.argv[1], "--out", sys.argv[2], "--image-size", "64", "--data-on", "disk", "--cache-format", "raw",
-                   "--epochs", "1", "--quiet"]))
+                   "--epochs", "1", "--no-progress"]))
     """
 )
 
@@ -346,7 +346,7 @@ def test_on_a_gpu_training_reads_the_jpeg_cache_from_disk(tmp_path, monkeypatch,
     monkeypatch.setenv("SIMSIAM_CACHE", str(tmp_path / "cache"))
     data = photos(tmp_path / "photos", 64, size=(300, 260))
     args = ["train", str(data), "--recipe", "imagenet", "--backbone", "resnet18", "--epochs", "2", "--batch-size", "16",
-            "--cache-format", "jpeg", "--data-on", "disk", "--no-compile", "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip
+            "--cache-format", "jpeg", "--data-on", "disk", "--no-compile", "--out", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
     code = main(args)
     captured = capsys.readouterr()
     assert code == 0, captured.err

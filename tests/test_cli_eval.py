@@ -38,7 +38,7 @@ def run(tmp_path_factory):
             "--backbone",
             "resnet10-slim",
         ]
-        args += ["--proj-dim", "32", "--knn-k", "5", "--held-out", "0.2", "--quiet"]
+        args += ["--proj-dim", "32", "--knn-k", "5", "--held-out", "0.2", "--no-progress"]
         assert main(args) == 0
         yield root / "run", root / "images"
 
@@ -66,7 +66,7 @@ def test_evaluate_prints_a_table_and_writes_json(run, capsys, tmp_path):
         5,
         "--out",
         tmp_path / "e.json",
-        "--quiet",
+        "--no-progress",
     )
     assert code == 0 and "kNN top-1" in out and "linear top-1" in out
     result = json.loads((tmp_path / "e.json").read_text())
@@ -87,7 +87,7 @@ def test_evaluate_reuses_cached_features(run, capsys, tmp_path, monkeypatch):
         "--knn-k",
         5,
         "--cache-features",
-        "--quiet",
+        "--no-progress",
         "--out",
         tmp_path / "e.json",
     )
@@ -106,7 +106,7 @@ def test_evaluate_reuses_cached_features(run, capsys, tmp_path, monkeypatch):
 def test_embed_writes_one_row_per_image(run, capsys, tmp_path, suffix):
     folder, images = run
     out = tmp_path / f"emb{suffix}"
-    assert run_cli(capsys, "embed", folder, images, "--out", out, "--quiet")[0] == 0
+    assert run_cli(capsys, "embed", folder, images, "--out", out, "--no-progress")[0] == 0
     table = read_embeddings(out)
     assert table["embedding"].shape == (18, 256) and sorted(set(table["class"])) == sorted(CLASSES)
     assert table["metadata"]["backbone"] == "resnet10-slim"
@@ -119,16 +119,16 @@ def is_png(path) -> bool:
 
 def test_neighbors_of_random_and_given_queries(run, capsys, tmp_path):
     folder, images = run
-    code, out, _ = run_cli(capsys, "neighbors", folder, images, "--num-queries", 2, "--out", tmp_path / "n.png", "--quiet")
+    code, out, _ = run_cli(capsys, "neighbors", folder, images, "--num-queries", 2, "--out", tmp_path / "n.png", "--no-progress")
     assert code == 0 and is_png(tmp_path / "n.png") and "2 queries x 8 neighbours" in out
     query = images / "red" / "0.png"
-    code, out, _ = run_cli(capsys, "neighbors", folder, images, "--query", query, "--k", 3, "--out", tmp_path / "q.png", "--quiet")
+    code, out, _ = run_cli(capsys, "neighbors", folder, images, "--query", query, "--k", 3, "--out", tmp_path / "q.png", "--no-progress")
     assert code == 0 and is_png(tmp_path / "q.png") and "1 queries x 3 neighbours" in out
 
 
 def test_map_draws_thumbnails(run, capsys, tmp_path):
     folder, images = run
-    code, out, _ = run_cli(capsys, "map", folder, images, "--method", "pca", "--grid", 5, "--out", tmp_path / "m.png", "--quiet")
+    code, out, _ = run_cli(capsys, "map", folder, images, "--method", "pca", "--grid", 5, "--out", tmp_path / "m.png", "--no-progress")
     assert code == 0 and is_png(tmp_path / "m.png") and "PCA projection of 18 embeddings" in out
 
 
@@ -167,12 +167,12 @@ def test_bad_checkpoints_give_one_line_and_exit_2(run, capsys, tmp_path):
 def test_bad_options_and_data_give_one_line_and_exit_2(run, capsys, tmp_path):
     folder, images = run
     one_line_error(*run_cli(capsys, "embed", folder, images, "--out", tmp_path / "e.csv"), "--out", "e.csv")
-    one_line_error(*run_cli(capsys, "evaluate", folder, "--train", images, "--test", tmp_path / "none", "--quiet"), tmp_path / "none")
+    one_line_error(*run_cli(capsys, "evaluate", folder, "--train", images, "--test", tmp_path / "none", "--no-progress"), tmp_path / "none")
     flat = tmp_path / "flat"
     flat.mkdir()
     Image.new("RGB", (16, 16)).save(flat / "a.png")
-    one_line_error(*run_cli(capsys, "evaluate", folder, "--train", images, "--test", flat, "--quiet"), flat, "labels")
+    one_line_error(*run_cli(capsys, "evaluate", folder, "--train", images, "--test", flat, "--no-progress"), flat, "labels")
     one_line_error(*run_cli(capsys, "evaluate", folder, "--train", images, "--test", images, "--knn-k", 0), "--knn-k")
     one_line_error(
-        *run_cli(capsys, "neighbors", folder, images, "--query", tmp_path / "missing.png", "--quiet"), "missing.png", "no such file"
+        *run_cli(capsys, "neighbors", folder, images, "--query", tmp_path / "missing.png", "--no-progress"), "missing.png", "no such file"
     )

@@ -7,7 +7,6 @@ from simsiam.config import (
     ConfigError,
     TrainConfig,
     check,
-    cpu_has_bf16_units,
     default_recipe,
     layered,
     load_yaml,
@@ -40,7 +39,7 @@ def test_auto_fields_follow_image_size_and_device():
     assert small.model.small_images and small.model.proj_layers == 2 and small.optim.weight_decay == 5e-4
     assert not large.model.small_images and large.model.proj_layers == 3 and large.augment.blur_p == 0.5
     assert not small.compile
-    assert small.precision == ("bf16-mixed" if cpu_has_bf16_units() else "32-true")
+    assert small.precision == "32-true"  # on every CPU, AMX or not (config.layers.default_precision)
 
 
 def test_unknown_keys_and_wrong_types_name_the_key():
@@ -98,12 +97,12 @@ def test_only_some_options_may_change_on_resume(tmp_path):
     assert {"epochs", "precision", "devices"} <= set(resumable_keys(TrainConfig)) and "batch_size" not in resumable_keys(TrainConfig)
 
 
-def test_the_default_recipe_on_a_cpu_is_cpu_sized_unless_a_setting_was_named():
+def test_the_default_recipe_on_a_cpu_is_cpu_sized_unless_a_backbone_or_recipe_was_named():
     assert default_recipe({}, on_gpu=False)[0] == "demo"
     name, note = default_recipe({"data": "photos"}, on_gpu=False)
     assert name == "cpu" and "--recipe cifar10" in note and "resnet10-tiny" in note
     assert default_recipe({"data": "photos", "model.backbone": "resnet50"}, on_gpu=False) == (None, None)
-    assert default_recipe({"data": "photos", "batch_size": 64}, on_gpu=False) == (None, None)
+    assert default_recipe({"data": "photos", "batch_size": 64}, on_gpu=False)[0] == "cpu"  # one number never swaps the network
     assert default_recipe({"data": "photos"}, on_gpu=True) == (None, None)
 
 

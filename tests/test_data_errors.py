@@ -272,7 +272,7 @@ def test_folders_empty_missing_one_class_and_empty_class(tmp_path):
 
 # -- the command line: one line, non-zero exit, nothing written ---------------------------
 
-TINY = ["--epochs", "1", "--batch-size", "4", "--backbone", "resnet10-slim", "--proj-dim", "16", "--pred-hidden-dim", "4", "--quiet"]
+TINY = ["--epochs", "1", "--batch-size", "4", "--backbone", "resnet10-slim", "--proj-dim", "16", "--pred-hidden-dim", "4", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from simsiam.data import DataError, SkippedImagesWarning, load, load_folder
 from simsiam.data.decode import MAX_CHANNELS, MAX_IMAGE_BYTES, MAX_PIXELS, decode_image
 
 TINY = ["--backbone", "resnet10-tiny", "--proj-dim", "16", "--pred-hidden-dim", "8", "--batch-size", "2", "--epochs", "1"]
-TINY += ["--image-size", "8", "--quiet"]
+TINY += ["--image-size", "8", "--no-progress"]
 
 
 @pytest.fixture(autouse=True)

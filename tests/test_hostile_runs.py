@@ -80,7 +80,7 @@ def test_a_run_on_a_new_folder_claimed_by_another_is_refused_before_reading_data
             "wait for it to end, or choose another --out"
         )
         assert snapshot(out) == before and _cache_entries() == cache  # nothing written, nothing decoded
-        assert train(data, "--out", out, "--resume", "--quiet") == 2  # a resume of it neither
+        assert train(data, "--out", out, "--resume", "--no-progress") == 2  # a resume of it neither
         assert "is in use by another run" in error_line(capsys) and snapshot(out) == before
     finally:
         holder.release()
@@ -184,12 +184,12 @@ def test_an_empty_folder_becomes_a_run_folder_and_a_run_from_before_the_marker_r
     out.mkdir()
     assert train(data, "--out", out, *ONE_EPOCH) == 0
     (out / MARKER).unlink()  # a run folder of an earlier simsiam: last.ckpt and config.yaml, no marker
-    assert train("--out", out, "--epochs", "2", "--resume", "--quiet") == 0
+    assert train("--out", out, "--epochs", "2", "--resume", "--no-progress") == 0
     assert json.loads((out / MARKER).read_text())["data"]["path"] == str(data)  # marked and recorded now
     (out / "config.yaml").write_text("this: is not our config\n")  # last.ckpt beside a config.yaml of someone else's
     (out / MARKER).unlink()
     capsys.readouterr()
-    assert train("--out", out, "--epochs", "3", "--resume", "--quiet") == 2
+    assert train("--out", out, "--epochs", "3", "--resume", "--no-progress") == 2
     assert "is not a simsiam run folder" in error_line(capsys)
 
 
@@ -221,9 +221,9 @@ def test_resume_from_another_directory_trains_on_the_run_s_own_data(relative_run
     images(elsewhere / "data", per_class=3, seed=5)  # a "data" here too: not the run's
     monkeypatch.chdir(elsewhere)
     capsys.readouterr()
-    assert train("--out", run, "--epochs", "2", "--resume", "--quiet") == 0
+    assert train("--out", run, "--epochs", "2", "--resume", "--no-progress") == 0
     assert f"data: 16 images of {data} at 16x16" in capsys.readouterr().out
-    assert train("data", "--out", run, "--epochs", "3", "--resume", "--quiet") == 2  # "data" here is other data
+    assert train("data", "--out", run, "--epochs", "3", "--resume", "--no-progress") == 2  # "data" here is other data
     assert error_line(capsys).startswith(f"simsiam train: error: DATA: the run in {run} trains on {data}, not data; ")
 
 
@@ -264,7 +264,7 @@ def test_resume_on_changed_data_is_refused_saying_what_changed(change, relative_
     edit(data)
     before = snapshot(run)
     capsys.readouterr()
-    assert train("--out", run, "--epochs", "2", "--resume", "--quiet") == 2
+    assert train("--out", run, "--epochs", "2", "--resume", "--no-progress") == 2
     what = what.format(bytes_after=_total(data), bytes_before=bytes_before)
     assert error_line(capsys) == (
         f"simsiam train: error: DATA: {data} has changed since the run started ({what}); --resume continues a run on the data "
@@ -279,31 +279,31 @@ def test_resume_naming_data_again_continues_on_it_as_it_is_and_says_so(change, r
     CHANGES[change][0](data)
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
-    assert train(data, "--out", run, "--epochs", "2", "--resume", "--quiet") == 0
+    assert train(data, "--out", run, "--epochs", "2", "--resume", "--no-progress") == 0
     n = 17 if change == "added" else 15
     out = capsys.readouterr().out
     assert f"DATA: continuing on {data} as named (changed: {n} files, was 16; " in out, out
     assert f"data: {n} images of {data}" in out
     assert json.loads((run / MARKER).read_text())["data"]["files"] == n  # the data it now trains on
-    assert train("--out", run, "--epochs", "3", "--resume", "--quiet") == 0  # and a later resume checks against those
+    assert train("--out", run, "--epochs", "3", "--resume", "--no-progress") == 0  # and a later resume checks against those
     assert "as named" not in capsys.readouterr().out
 
 
 def test_resume_naming_the_same_data_or_a_moved_copy(relative_run, tmp_path, capsys):
     run, data = relative_run
     capsys.readouterr()
-    assert train(data, "--out", run, "--epochs", "2", "--resume", "--quiet") == 0
+    assert train(data, "--out", run, "--epochs", "2", "--resume", "--no-progress") == 0
     assert f"DATA: continuing on {data} as named (unchanged since the run started)\n" in capsys.readouterr().out
     moved = tmp_path / "moved"
     data.rename(moved)
-    assert train("--out", run, "--epochs", "3", "--resume", "--quiet") == 2  # gone from where it was
+    assert train("--out", run, "--epochs", "3", "--resume", "--no-progress") == 2  # gone from where it was
     assert error_line(capsys) == f"simsiam train: error: {data}: no such file or folder"
-    assert train(moved, "--out", run, "--epochs", "3", "--resume", "--quiet") == 0
+    assert train(moved, "--out", run, "--epochs", "3", "--resume", "--no-progress") == 0
     assert f"DATA: continuing on {moved} as named, the same files as {data} where the run started\n" in capsys.readouterr().out
     _add(moved)  # a moved copy that is not the same files is other data
     other = tmp_path / "other"
     moved.rename(other)
-    assert train(other, "--out", run, "--epochs", "4", "--resume", "--quiet") == 2
+    assert train(other, "--out", run, "--epochs", "4", "--resume", "--no-progress") == 2
     assert error_line(capsys).startswith(f"simsiam train: error: DATA: the run in {run} trains on {moved}, not {other}; ")
 
 
@@ -318,11 +318,11 @@ def test_val_is_recorded_and_checked_as_data_is(tmp_path, monkeypatch, capsys):
     _remove_val.unlink()
     monkeypatch.chdir(tmp_path / "data")
     capsys.readouterr()
-    assert train("--out", run, "--epochs", "2", "--resume", "--quiet") == 2
+    assert train("--out", run, "--epochs", "2", "--resume", "--no-progress") == 2
     assert error_line(capsys).startswith(
         f"simsiam train: error: --val: {tmp_path / 'val'} has changed since the run started (5 files, was 6; "
     )
-    assert train("--val", "../val", "--out", run, "--epochs", "2", "--resume", "--quiet") == 0  # named again, from here
+    assert train("--val", "../val", "--out", run, "--epochs", "2", "--resume", "--no-progress") == 0  # named again, from here
     assert f"--val: continuing on {tmp_path / 'val'} as named (changed: 5 files, was 6; " in capsys.readouterr().out
 
 
@@ -345,7 +345,7 @@ def test_num_nodes_typed_on_a_resume_without_a_launcher_is_refused(no_launcher, 
     out = tmp_path / "run"
     assert train(images(tmp_path / "data"), "--out", out, *ONE_EPOCH) == 0
     before = snapshot(out)
-    assert train("--out", out, "--epochs", "2", "--num-nodes", "2", "--resume", "--quiet") == 2
+    assert train("--out", out, "--epochs", "2", "--num-nodes", "2", "--resume", "--no-progress") == 2
     assert error_line(capsys).startswith("simsiam train: error: --num-nodes 2: no launcher started this process")
     assert {k: v for k, v in snapshot(out).items() if k != ".lock"} == before
 

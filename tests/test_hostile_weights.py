@@ -216,12 +216,12 @@ def _write_damaged(run, tmp_path, case: str) -> tuple[Path, str]:
 def _commands(run, file: Path, out: Path) -> dict[str, list[str]]:
     images = str(run[1])
     return {
-        "embed": ["embed", str(file), images, "--out", str(out / "e.npz"), "--quiet"],
-        "knn": ["evaluate", str(file), "--train", images, "--test", images, "--knn-k", "3", "--out", str(out / "k.json"), "--quiet"],
+        "embed": ["embed", str(file), images, "--out", str(out / "e.npz"), "--no-progress"],
+        "knn": ["evaluate", str(file), "--train", images, "--test", images, "--knn-k", "3", "--out", str(out / "k.json"), "--no-progress"],
         "export": ["export", str(file), "--format", "torchvision", "--out", str(out / "b.pt")],
-        "neighbors": ["neighbors", str(file), images, "--num-queries", "2", "--k", "2", "--out", str(out / "n.png"), "--quiet"],
-        "map": ["map", str(file), images, "--method", "pca", "--out", str(out / "m.png"), "--quiet"],
-        "resume": ["train", "--out", str(file.parent.parent), "--resume", "--quiet"],
+        "neighbors": ["neighbors", str(file), images, "--num-queries", "2", "--k", "2", "--out", str(out / "n.png"), "--no-progress"],
+        "map": ["map", str(file), images, "--method", "pca", "--out", str(out / "m.png"), "--no-progress"],
+        "resume": ["train", "--out", str(file.parent.parent), "--resume", "--no-progress"],
     }
 
 
@@ -315,9 +315,9 @@ def test_weights_that_overflow_on_the_images_are_one_line_not_nan_features(run, 
     cache = Path(os.environ["SIMSIAM_CACHE"]) / "features"
     cached = sorted(cache.glob("*")) if cache.exists() else []
     for args in (
-        ["embed", str(file), str(run[1]), "--out", str(tmp_path / "e.npz"), "--quiet", "--cache-features"],
-        ["evaluate", str(file), "--train", str(run[1]), "--test", str(run[1]), "--out", str(tmp_path / "k.json"), "--quiet"],
-        ["neighbors", str(file), str(run[1]), "--out", str(tmp_path / "n.png"), "--quiet"],
+        ["embed", str(file), str(run[1]), "--out", str(tmp_path / "e.npz"), "--no-progress", "--cache-features"],
+        ["evaluate", str(file), "--train", str(run[1]), "--test", str(run[1]), "--out", str(tmp_path / "k.json"), "--no-progress"],
+        ["neighbors", str(file), str(run[1]), "--out", str(tmp_path / "n.png"), "--no-progress"],
     ):
         line = _one_line_exit_2(capsys, args, file, expected)
         assert re.search(r"for ([1-9]|1[0-2]) of 12 images, the first image \d+: its weights overflow on these images", line), line
@@ -419,7 +419,7 @@ def test_resume_refuses_an_optimizer_state_that_is_not_finite(damage, run, tmp_p
         torch.save(state, file)
     finally:
         sys.setrecursionlimit(limit)
-    _one_line_exit_2(capsys, ["train", "--out", str(folder), "--resume", "--quiet"], file, expected)
+    _one_line_exit_2(capsys, ["train", "--out", str(folder), "--resume", "--no-progress"], file, expected)
 
 
 def test_a_sound_checkpoint_resumes_and_lightning_reads_it_with_weights_only(run, tmp_path, monkeypatch):
@@ -433,7 +433,7 @@ def test_a_sound_checkpoint_resumes_and_lightning_reads_it_with_weights_only(run
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", recording)
-    assert main(["train", "--out", str(folder), "--resume", "--epochs", "2", "--quiet"]) == 0
+    assert main(["train", "--out", str(folder), "--resume", "--epochs", "2", "--no-progress"]) == 0
     assert len(calls) >= 2 and all(w is True for w in calls), calls  # ours, then Lightning's
     steps = _state(run)["global_step"]
     assert real(folder / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * steps  # it trained epoch 2

@@ -22,7 +22,7 @@ from simsiam.errors import ConfigError, DataError
 from simsiam.evaluate import normalize_images
 from simsiam.options import validate
 
-TINY = ["--backbone", "resnet10-tiny", "--proj-dim", "32", "--pred-hidden-dim", "8", "--batch-size", "4", "--knn-k", "3", "--quiet"]
+TINY = ["--backbone", "resnet10-tiny", "--proj-dim", "32", "--pred-hidden-dim", "8", "--batch-size", "4", "--knn-k", "3", "--no-progress"]
 
 
 def bands(rng, c: int, channels: int, size: int, dtype=np.uint8) -> np.ndarray:
@@ -88,7 +88,7 @@ def test_a_c_channel_folder_trains_with_the_data_s_own_normalisation(trained, ca
 
 def test_a_c_channel_run_embeds_and_exports(trained, capsys, tmp_path):
     folder, data, channels = trained
-    code, out, _ = run(capsys, "embed", folder, data, "--out", tmp_path / "e.npz", "--quiet")
+    code, out, _ = run(capsys, "embed", folder, data, "--out", tmp_path / "e.npz", "--no-progress")
     assert code == 0 and "8 embeddings of 128 dimensions" in out
     model, cfg = load_checkpoint(folder)
     mean, std = cfg.normalization()
@@ -185,7 +185,7 @@ def test_array_files_are_checked_from_their_header_before_reading(tmp_path):
 
 
 def test_the_demo_set_is_rgb_only(capsys, tmp_path):
-    code, _, err = run(capsys, "train", "--channels", "4", "--out", tmp_path / "run", "--epochs", "1", "--quiet")
+    code, _, err = run(capsys, "train", "--channels", "4", "--out", tmp_path / "run", "--epochs", "1", "--no-progress")
     assert code == 2 and err == "simsiam train: error: --channels: the demo set is RGB: 3 channels, not 4\n"
 
 

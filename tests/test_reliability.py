@@ -47,7 +47,7 @@ from simsiam.train import fit
 EPOCHS = 4
 FLAGS = [
     "--epochs", str(EPOCHS), "--batch-size", "8", "--backbone", "resnet10-slim", "--no-small-images",
-    "--proj-dim", "32", "--pred-hidden-dim", "8", "--accelerator", "cpu", "--seed", "3", "--quiet",
+    "--proj-dim", "32", "--pred-hidden-dim", "8", "--accelerator", "cpu", "--seed", "3", "--no-progress",
 ]  # fmt: skip
 # FLAGS as config keys, for the tests that call the library's fit() with a test-only callback.
 OPTIONS = {

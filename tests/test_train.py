@@ -50,7 +50,7 @@ def test_train_one_epoch_writes_the_run_folder(class_folder, tmp_path, capsys):
 
 def test_a_default_run_shows_the_random_init_knn_and_its_bar_counts_epochs_as_its_lines_do(class_folder, tmp_path, capsys):
     run = tmp_path / "run"
-    with_bar = [flag for flag in TINY if flag != "--quiet"]
+    with_bar = [flag for flag in TINY if flag != "--no-progress"]
     assert main(["train", str(class_folder), "--out", str(run), "--epochs", "2", *with_bar]) == 0
     out = capsys.readouterr().out
     lines = "\n".join(line.strip() for line in re.split(r"[\r\n]+", out))  # the bar redraws itself after a \r
@@ -65,7 +65,7 @@ def test_resume_continues_where_it_stopped(class_folder, tmp_path, capsys):
     assert main(["train", str(class_folder), "--out", str(run), "--epochs", "1", *TINY]) == 0
     first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     capsys.readouterr()
-    assert main(["train", str(class_folder), "--out", str(run), "--epochs", "2", "--resume", "--quiet"]) == 0
+    assert main(["train", str(class_folder), "--out", str(run), "--epochs", "2", "--resume", "--no-progress"]) == 0
     steps = first["global_step"]
     assert f"resuming from {run}/checkpoints/last.ckpt (epoch 2 of 2, 0 of its {steps} steps done)\n" in capsys.readouterr().out
     second = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
@@ -111,5 +111,5 @@ def test_resume_refuses_other_data(class_folder, tmp_path, capsys):
     assert main(["train", str(class_folder), "--out", str(run), "--epochs", "1", *TINY]) == 0
     other = tmp_path / "other"
     other.mkdir()
-    assert main(["train", str(other), "--out", str(run), "--epochs", "2", "--resume", "--quiet"]) == 2
+    assert main(["train", str(other), "--out", str(run), "--epochs", "2", "--resume", "--no-progress"]) == 2
     assert "DATA: the run in" in capsys.readouterr().err

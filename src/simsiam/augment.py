@@ -37,49 +37,11 @@ import torch
 import torch.nn.functional as F
 
 from simsiam.errors import ConfigError
-from simsiam.options import at_least, in_range, increasing_pair, option, probability, validate
+from simsiam.options import validate
+from simsiam.settings import AugmentConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-ROTATIONS = ("none", "90", "free")
-
-
-@dataclass
-class AugmentConfig:
-    """The view augmentations' options (the ``augment`` section of a run's config).
-
-    Probabilities are per view; strengths follow torchvision's ColorJitter.
-    """
-
-    min_scale: float = option(
-        0.2, flag="--min-scale", check=in_range(0, 1, low_open=True), help="smallest crop area, as a fraction of the image"
-    )
-    max_scale: float = option(1.0, check=in_range(0, 1, low_open=True), help="largest crop area, as a fraction of the image")
-    ratio: tuple[float, float] = option((3 / 4, 4 / 3), check=increasing_pair(0, 100), help="range of the crop's aspect ratio")
-    hflip_p: float = option(0.5, check=probability, help="horizontal flip probability")
-    vflip_p: float = option(
-        0.0, flag="--vflip", metavar="P", check=probability, help="vertical flip probability, for data with no canonical orientation"
-    )
-    rotate: str = option("none", flag="--rotate", choices=ROTATIONS, help="random rotation, for data with no canonical orientation")
-    jitter_p: float = option(0.8, check=probability, help="colour jitter probability")
-    brightness: float = option(0.4, check=at_least(0, 10), help="brightness jitter strength")
-    contrast: float = option(0.4, check=at_least(0, 10), help="contrast jitter strength")
-    saturation: float = option(0.4, check=at_least(0, 10), help="saturation jitter strength")
-    hue: float = option(0.1, check=in_range(0, 0.5), help="hue jitter strength, in turns")
-    grayscale_p: float = option(0.2, check=probability, help="grayscale probability")
-    blur_p: float | None = option(
-        None, flag="--blur", metavar="P", check=probability, help="Gaussian blur probability (default: 0.5 above 64 px, 0 for small images)"
-    )
-    blur_sigma: tuple[float, float] = option((0.1, 2.0), check=increasing_pair(0.001, 100), help="range of the blur's sigma, in pixels")
-    solarize_p: float = option(0.0, flag="--solarize", metavar="P", check=probability, help="solarization probability")
-
-    def cross_checks(self):
-        if self.min_scale > self.max_scale:
-            yield "min_scale", f"must not exceed max_scale ({self.max_scale}), got {self.min_scale}"
-
-    def resolved(self, size: int) -> AugmentConfig:
-        """blur_p filled: the paper blurs ImageNet views (p=0.5) and not CIFAR's, where sigma up to 2 px wipes out 32x32 content."""
-        return dataclasses.replace(self, blur_p=(0.5 if size > 64 else 0.0) if self.blur_p is None else self.blur_p)
 
 
 def channel_note(channels: int) -> str | None:

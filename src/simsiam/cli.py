@@ -6,6 +6,7 @@ The commands that read a checkpoint (evaluate, embed, neighbors, map, export) ar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -13,29 +14,29 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from simsiam.commands import EMBED_EXTENSIONS, EVAL_EXTENSIONS, FIGURE_EXTENSIONS, POSITIVE, RANGES, add_commands
+from simsiam.commands import COMMANDS as CHECKPOINT_COMMANDS
+from simsiam.commands import EMBED_EXTENSIONS, EVAL_EXTENSIONS, FIGURE_EXTENSIONS, POSITIVE, RANGES
 from simsiam.errors import ConfigError, SimSiamError, TrainingInterrupted
 from simsiam.files import os_error_text
+from simsiam.options import add_output_flags
 
 __all__ = ["main", "build_parser", "train_config"]
 # The commands that read a checkpoint live in simsiam.commands; their constants are re-exported here.
 __all__ += ["EVAL_EXTENSIONS", "EMBED_EXTENSIONS", "FIGURE_EXTENSIONS", "RANGES", "POSITIVE"]
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
+def _train_arguments(p: argparse.ArgumentParser) -> None:
     from simsiam.config.schema import TrainConfig
     from simsiam.options import add_flags
 
-    p = sub.add_parser(
-        "train",
-        help="pretrain an encoder with SimSiam",
-        description="Pretrain an encoder with SimSiam on a folder of images. Options are taken, lowest first, from the field "
-        "defaults, a --recipe, a --config file and the flags typed here.",
+    p.description = (
+        "Pretrain an encoder with SimSiam on a folder of images. Options are taken, lowest first, from the field "
+        "defaults, a --recipe, a --config file and the flags typed here."
     )
     p.add_argument("data", nargs="?", metavar="DATA", help="image folder, or CIFAR-10 python batches (default: the bundled demo set)")
     p.add_argument("--config", metavar="FILE", help="YAML file of options, as in a run folder's config.yaml (flags override it)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (or the latest for this data) from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_flags(p)
     add_flags(p, TrainConfig)
     p.set_defaults(handler=_train)
 
@@ -80,7 +81,7 @@ def _train(args: argparse.Namespace) -> int:
     if note:
         rank_zero_only(print)(note)
     try:
-        result = fit(cfg, resume=args.resume, overrides=flags, progress=not args.quiet)
+        result = fit(cfg, resume=args.resume, overrides=flags, progress=args.progress)
     except ConfigError as e:  # found once the data is known: name the option as it was given
         raise e.named(names.get(e.key) or e.key) if e.key else e from None
     rank_zero_only(_print_result)(result)
@@ -88,6 +89,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _print_result(result: dict[str, Any]) -> None:
+    if result.get("already_finished"):  # fit() said so and how to train longer
+        return
     print(f"done: {result['epochs']} epochs in {result['wall_seconds']:.0f} s, run folder {result['run_folder']}")
     if result.get("knn_top1") is not None:
         init = result.get("knn_top1_random_init")
@@ -98,7 +101,18 @@ def _print_result(result: dict[str, Any]) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with a bad command line answered in one line (no usage block), exit status 2."""
+    """argparse, with a bad command line answered in one line (no usage block), exit status 2.
+
+    Abbreviations are refused (``--epoch 2`` is not ``--epochs 2``: a typo must not
+    become another option), and a flag that is not known names the closest one.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._words = list(sys.argv[1:] if args is None else args)  # for the close match of an unknown flag
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
         import re
@@ -106,17 +120,54 @@ class _Parser(argparse.ArgumentParser):
         # "argument --loss: invalid choice: 'x' (choose from 'a', 'b')" in the words our own checks use
         if found := re.fullmatch(r"argument (\S+): invalid choice: (.+) \(choose from (.+)\)", message):
             message = f"{found[1]}: must be one of {found[3].replace(chr(39), '')}, got {found[2]}"
+        elif found := re.fullmatch(r"unrecognized arguments: (.+)", message):
+            parser = self._command_parser()
+            parser.exit(2, f"{parser.prog}: error: {self._unknown(found[1].split(), parser)} (see {parser.prog} --help)\n")
         else:
             message = re.sub(r"^argument (\S+): ", r"\1: ", message)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    @staticmethod
+    def _unknown(words: list[str], parser: argparse.ArgumentParser) -> str:
+        """'--batchsize: not an option; did you mean --batch-size?' for the first unknown flag, else argparse's words."""
+        from simsiam.options import closest
 
-def build_parser() -> argparse.ArgumentParser:
+        flag = next((w.split("=", 1)[0] for w in words if w.startswith("-")), None)
+        if flag is None:
+            return f"unrecognized arguments: {' '.join(words)}"
+        guess = closest(flag, [o for o in parser._option_string_actions if o.startswith("--")])
+        return f"{flag}: not an option" + (f"; did you mean {guess}?" if guess else "")
+
+    def _command_parser(self) -> argparse.ArgumentParser:
+        """The subcommand's parser the words name (unknown flags are found by the top-level parser), or this one."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for word in getattr(self, "_words", []):
+                    if word in action.choices:
+                        return action.choices[word]
+        return self
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``simsiam`` parser; with ``only``, that command's options alone (the others keep their one-line help).
+
+    A run builds just the options of its own command: nothing of the other
+    commands runs, and ``simsiam --help`` lists them all from their names and help.
+    """
+    from simsiam import __version__
+
     parser = _Parser(prog="simsiam", description="SimSiam self-supervised pretraining, evaluation and export.")
+    parser.add_argument("--version", action="version", version=f"simsiam {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_train(sub)
-    add_commands(sub)
+    for name, (summary, arguments) in COMMANDS.items():
+        p = sub.add_parser(name, help=summary)
+        if only is None or only == name:
+            arguments(p)
     return parser
+
+
+# Every command, in the order `simsiam --help` lists them: name -> (one-line help, its arguments).
+COMMANDS = {"train": ("pretrain an encoder with SimSiam", _train_arguments), **CHECKPOINT_COMMANDS}
 
 
 def _report(command: str, e: Exception) -> int:
@@ -150,9 +201,10 @@ def _report(command: str, e: Exception) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=next((w for w in words if w in COMMANDS), ""))
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(words)
     except SystemExit as e:  # --help (0) ends here too; a bad command line has been printed as one line
         if e.code == 0:
             raise
@@ -164,8 +216,12 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     handler: Callable[[argparse.Namespace], int] = args.handler
+    args.progress = not (args.quiet or args.no_progress)
     try:
-        return handler(args)
+        if not args.quiet:
+            return handler(args)
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # warnings and errors only: stderr
+            return handler(args)
     except KeyboardInterrupt:
         print(f"simsiam {args.command}: interrupted", file=sys.stderr)
         return 130

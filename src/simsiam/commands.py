@@ -17,7 +17,18 @@ from typing import Any
 
 from simsiam.errors import ConfigError
 from simsiam.files import show_path
-from simsiam.options import MAX_BATCH, MAX_EPOCHS, MAX_KNN_K, MAX_LR, at_least, existing_path, output_problem, path_problem, positive_up_to
+from simsiam.options import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_KNN_K,
+    MAX_LR,
+    add_output_flags,
+    at_least,
+    existing_path,
+    output_problem,
+    path_problem,
+    positive_up_to,
+)
 
 EVAL_EXTENSIONS = (".json",)
 EMBED_EXTENSIONS = (".parquet", ".npz")
@@ -43,15 +54,13 @@ def _add_checkpoint_arguments(p: argparse.ArgumentParser, data: bool = True, fea
             action="store_true",
             help="keep the extracted features under $SIMSIAM_CACHE/features (default ~/.cache/simsiam) and reuse them",
         )
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_output_flags(p)
 
 
-def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="kNN and linear-probe accuracy of a trained encoder",
-        description="kNN top-1 (l2-normalised features, cosine, similarity-weighted votes) and, with --linear, the top-1 "
-        "of a linear probe on the frozen backbone. Both DATA sets need one subfolder per class.",
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "kNN top-1 (l2-normalised features, cosine, similarity-weighted votes) and, with --linear, the top-1 "
+        "of a linear probe on the frozen backbone. Both DATA sets need one subfolder per class."
     )
     _add_checkpoint_arguments(p, data=False)
     p.add_argument("--train", required=True, metavar="DATA", help="labeled images the classifiers learn from")
@@ -67,24 +76,20 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_evaluate)
 
 
-def _add_embed(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "embed",
-        help="write every image's embedding to a Parquet or .npz file",
-        description="One row per image of DATA: its path, its label and class when DATA has class subfolders, and its "
-        "backbone embedding (the features kNN and the linear probe use; not l2-normalised).",
+def _embed_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "One row per image of DATA: its path, its label and class when DATA has class subfolders, and its "
+        "backbone embedding (the features kNN and the linear probe use; not l2-normalised)."
     )
     _add_checkpoint_arguments(p)
     p.add_argument("--out", metavar="FILE", help=".parquet or .npz (default: embeddings.parquet in the run folder)")
     p.set_defaults(handler=_embed)
 
 
-def _add_neighbors(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "neighbors",
-        help="a grid of query images and their nearest neighbours in DATA",
-        description="For each query, the image and its nearest neighbours in DATA by cosine similarity of l2-normalised "
-        "backbone features. Queries are --query files, or random images of DATA.",
+def _neighbors_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "For each query, the image and its nearest neighbours in DATA by cosine similarity of l2-normalised "
+        "backbone features. Queries are --query files, or random images of DATA."
     )
     _add_checkpoint_arguments(p)
     p.add_argument("--query", nargs="+", metavar="IMAGE", help="query image files (default: --num-queries random images of DATA)")
@@ -97,12 +102,10 @@ def _add_neighbors(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_neighbors)
 
 
-def _add_map(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "map",
-        help="a 2-D map of the embeddings with image thumbnails",
-        description="Projects the l2-normalised embeddings of DATA to 2-D (UMAP when umap-learn is installed, else PCA) "
-        "and draws every image as a point coloured by class, beside a lattice of non-overlapping thumbnails.",
+def _map_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Projects the l2-normalised embeddings of DATA to 2-D (UMAP when umap-learn is installed, else PCA) "
+        "and draws every image as a point coloured by class, beside a lattice of non-overlapping thumbnails."
     )
     _add_checkpoint_arguments(p)
     p.add_argument("--method", choices=["auto", "umap", "pca"], default="auto", help="projection (default: umap if installed, else pca)")
@@ -117,14 +120,12 @@ def _add_map(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_map)
 
 
-def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export",
-        help="the backbone as torchvision weights or ONNX",
-        description="torchvision: a state_dict that loads strictly into the backbone's own constructor (torchvision's with its "
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "torchvision: a state_dict that loads strictly into the backbone's own constructor (torchvision's with its "
         "classifier replaced by Identity, or timm.create_model for timm: backbones); the loading lines are printed and go into a JSON "
         "description beside it. onnx: the feature graph, input 'images' (batch, C, S, S) normalised, output 'features' (batch, D), "
-        "dynamic batch.",
+        "dynamic batch."
     )
     _add_checkpoint_arguments(p, data=False, features=False)
     p.add_argument("--format", required=True, choices=["torchvision", "onnx"], help="torchvision state_dict or ONNX graph")
@@ -222,7 +223,7 @@ def _images(args: argparse.Namespace, cfg: Any, data: str | None) -> Any:
         print("no DATA given: using the bundled demo set (5,000 CIFAR-10 images); pass DATA for your own images")
     # At the size training cached them (256 px for 224 px training, say; centre-cropped to the training size for features).
     size = getattr(cfg, "cache_size", None) or cfg.image_size
-    return load(data, size, progress=not args.quiet, channels=cfg.model.channels or 3, cache_format=cfg.cache_format)
+    return load(data, size, progress=args.progress, channels=cfg.model.channels or 3, cache_format=cfg.cache_format)
 
 
 def _features(args: argparse.Namespace, model: Any, cfg: Any, file: Path, images: Any) -> Any:
@@ -231,9 +232,9 @@ def _features(args: argparse.Namespace, model: Any, cfg: Any, file: Path, images
     key = feature_cache_key(file, images.images) if args.cache_features else None
     mean, std = cfg.normalization()  # as in training
     feats, cache = features_of(
-        model, images.images, _device(args.accelerator), args.batch_size, key, not args.quiet, mean, std, cfg.image_size, file
+        model, images.images, _device(args.accelerator), args.batch_size, key, args.progress, mean, std, cfg.image_size, file
     )
-    if cache is not None and not args.quiet:
+    if cache is not None:
         print(f"features of {images.source}: {cache}")
     return feats
 
@@ -247,7 +248,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate_encoder(
         model, train, test, knn_k=args.knn_k, knn_temperature=args.knn_temperature, linear=args.linear,
         linear_epochs=args.linear_epochs, linear_lr=args.linear_lr, device=_device(args.accelerator),
-        batch_size=args.batch_size, checkpoint=file, cache=args.cache_features, progress=not args.quiet,
+        batch_size=args.batch_size, checkpoint=file, cache=args.cache_features, progress=args.progress,
         mean=cfg.normalization()[0], std=cfg.normalization()[1], crop=cfg.image_size,
     )  # fmt: skip
     result = {"checkpoint": str(file), "backbone": cfg.model.backbone, "image_size": cfg.image_size, **result}
@@ -311,11 +312,10 @@ def _map(args: argparse.Namespace) -> int:
         images = images.subset(torch.randperm(total, generator=g)[: args.max_images].sort().values)
         print(f"mapping a random {args.max_images} of the {total} images (--max-images)")
     feats = _features(args, model, cfg, file, images)  # (N, D)
-    if not args.quiet:
-        print(
-            f"projecting {len(images)} embeddings to 2-D with {method}"
-            + (" (a minute or more on a CPU)" if method == "UMAP" and len(images) > 2000 else "")
-        )
+    print(
+        f"projecting {len(images)} embeddings to 2-D with {method}"
+        + (" (a minute or more on a CPU)" if method == "UMAP" and len(images) > 2000 else "")
+    )
     coords, method = project_2d(feats, method.lower(), seed=args.seed)  # (N, 2)
     title = f"{method} map of the backbone embeddings of {_name(images.source)} ({cfg.model.backbone}, {file.name})"
     shown = plot_map(coords, images, method, out, grid=args.grid, title=title)
@@ -358,7 +358,11 @@ def _name(source: str) -> str:
     return "the demo set" if source == "demo" else (Path(source).name or source)
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    """The subcommands that read a checkpoint, in the order ``simsiam --help`` lists them."""
-    for add in (_add_evaluate, _add_embed, _add_neighbors, _add_map, _add_export):
-        add(sub)
+# The subcommands that read a checkpoint, in the order `simsiam --help` lists them (after train).
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {  # name: (one-line help, its arguments)
+    "evaluate": ("kNN and linear-probe accuracy of a trained encoder", _evaluate_arguments),
+    "embed": ("write every image's embedding to a Parquet or .npz file", _embed_arguments),
+    "neighbors": ("a grid of query images and their nearest neighbours in DATA", _neighbors_arguments),
+    "map": ("a 2-D map of the embeddings with image thumbnails", _map_arguments),
+    "export": ("the backbone as torchvision weights or ONNX", _export_arguments),
+}

@@ -76,10 +76,10 @@ def extract_features(
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, total=-(-images.shape[0] // batch_size), desc="extracting features", unit="batch")
-    # bf16 where it is fast (as in training): on a GPU, and on a CPU with bf16 matrix units.
-    from simsiam.system import cpu_has_bf16_units
+    # The training default's precision (bf16 on a GPU, float32 on any CPU), decided in one place.
+    from simsiam.config.layers import default_precision
 
-    bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_units())
+    bf16 = default_precision(on_gpu=device.type == "cuda") == "bf16-mixed"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     with eval_mode(model):
         buffer = None  # one float buffer for every batch, in the model's memory format

@@ -33,8 +33,9 @@ import torch.nn as nn
 from simsiam.config.schema import TrainConfig
 from simsiam.errors import RunError
 from simsiam.files import atomic_write, eval_mode, save_torch_atomic, write_json
-from simsiam.model.backbones import SLIM_WIDTHS, TIMM, BackboneInfo, build
+from simsiam.model.backbones import BackboneInfo, build
 from simsiam.model.siamese import SimSiam
+from simsiam.settings import SLIM_WIDTHS, TIMM
 
 ONNX_EXTRA = "pip install 'simsiam[onnx]'"
 

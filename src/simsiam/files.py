@@ -260,6 +260,24 @@ def save_cached(name: str, obj: Any, what: str = "cache") -> Path | None:
     return path
 
 
+# -- archives given where a folder of images is wanted ------------------------------------------
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tbz2", ".tar.bz2", ".txz", ".tar.xz", ".tar.zst", ".7z", ".rar")
+
+
+def archive_problem(path: str | Path) -> str | None:
+    """DATA given as an archive: the one line that says to unpack it (archives are not read: unpacking is the user's call).
+
+    >>> archive_problem("photos.tar.gz")
+    'photos.tar.gz is an archive: unpack it first (tar -xf photos.tar.gz) and pass the folder of images'
+    """
+    name = Path(path).name.lower()
+    if not name.endswith(ARCHIVE_SUFFIXES):
+        return None
+    how = f"unzip {show_path(path)}" if name.endswith(".zip") else f"tar -xf {show_path(path)}" if ".t" in name else "unpack it"
+    return f"{show_path(path)} is an archive: unpack it first ({how}) and pass the folder of images"
+
+
 # -- the one-line text of an error -------------------------------------------------------------
 
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from simsiam.settings import LOSS_KINDS
+
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """D(p, z) = -(p/||p||) . (z/||z||), averaged over the batch (paper, eq. 1); minimum -1."""
@@ -26,7 +28,7 @@ def cross_entropy(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return -(F.softmax(z, dim=-1) * F.log_softmax(p, dim=-1)).sum(dim=-1).mean()
 
 
-LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"cosine": negative_cosine, "cross_entropy": cross_entropy}
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = dict(zip(LOSS_KINDS, (negative_cosine, cross_entropy)))
 
 
 def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, kind: str = "cosine") -> torch.Tensor:

@@ -28,18 +28,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import functools
 import math
 import os
 import sys
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from simsiam.errors import ConfigError
-from simsiam.files import os_error_text, show_path
+from simsiam.files import archive_problem, os_error_text, show_path
 
 Check = Callable[[Any], "str | None"]  # a value -> why it is wrong, or None when it is fine
 
@@ -255,6 +256,19 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # -- values from a mapping (YAML, a checkpoint) ----------------------------------------------
 
 
+def closest(name: str, known: Iterable[str]) -> str | None:
+    """The known name closest to a mistyped one ("batchsize" -> "batch_size", "--epoch" -> "--epochs"), or None.
+
+    Dashes and underscores count as the same, so that a flag's spelling finds a key and back.
+
+    >>> closest("batchsize", ["batch_size", "epochs"]), closest("--epoch", ["--epochs", "--seed"]), closest("xyz", ["epochs"])
+    ('batch_size', '--epochs', None)
+    """
+    plain = {k.replace("-", "_").lstrip("_"): k for k in known}
+    found = difflib.get_close_matches(name.replace("-", "_").lstrip("_"), list(plain), n=1, cutoff=0.6)
+    return plain[found[0]] if found else None
+
+
 def update(obj: Any, values: Any, where: str, _section: str = "") -> Any:
     """A copy of dataclass ``obj`` with ``values`` (a nested mapping) applied; unknown keys and wrong types raise.
 
@@ -268,7 +282,9 @@ def update(obj: Any, values: Any, where: str, _section: str = "") -> Any:
     changes = {}
     for key, value in values.items():
         if key not in known:
-            raise ConfigError(f"{at}: unknown key {_short(key)} (known: {', '.join(sorted(known))})")
+            guess = closest(str(key), known)
+            hint = f"; did you mean {guess}?" if guess else f" (known: {', '.join(sorted(known))})"
+            raise ConfigError(f"{at}: unknown key {_short(key)}{hint}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             changes[key] = update(current, value, where, f"{_section}{key}.")
@@ -374,8 +390,8 @@ def path_problem(text: str) -> str | None:
 
 
 def existing_path(text: str) -> str | None:
-    """DATA, --val and the like: a path that is there (what kind of data it holds, the loader says)."""
-    if problem := path_problem(text):
+    """DATA, --val and the like: a path that is there and not an archive (what kind of data it holds, the loader says)."""
+    if problem := path_problem(text) or archive_problem(text):
         return problem
     try:
         os.stat(text)
@@ -416,3 +432,12 @@ def _output_kind(path: Path, folder: bool) -> str | None:
         if parent.exists():
             return None if parent.is_dir() else f"{show_path(parent)} is a file, not a folder"
     return None
+
+
+# -- what every command prints ------------------------------------------------------------------
+
+
+def add_output_flags(p: argparse.ArgumentParser) -> None:
+    """--quiet and --no-progress, the same in every command (main() gives handlers ``args.progress``)."""
+    p.add_argument("--quiet", action="store_true", help="warnings and errors only: no progress bars, no log lines, no results printed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars; the log lines stay")

@@ -19,6 +19,10 @@ files. It holds the folder's lock (an OS file lock, released by the OS when the
 process dies, however it dies) from then to its end, so two runs never write
 into one folder; under DDP only rank 0 takes it, as only rank 0 writes.
 
+A run records the data it trains on in its marker (:func:`settle_data`): DATA and
+--val as absolute paths, each with a fingerprint of its listing (file count,
+bytes, a hash of names and sizes), checked when the run is resumed.
+
 >>> import tempfile
 >>> run = RunFolder(tempfile.mkdtemp())
 >>> run.last_checkpoint.relative_to(run.path).as_posix(), run.resume_command().startswith("simsiam train --resume --out ")
@@ -29,16 +33,24 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import errno
+import hashlib
 import json
 import os
 import shlex
 import socket
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from simsiam.errors import RunError
-from simsiam.files import MARKER, PARTIAL_SUFFIX, atomic_write, os_error_text, remove_partial_files, write_json
+from simsiam.errors import DataError, RunError
+from simsiam.files import MARKER, PARTIAL_SUFFIX, atomic_write, os_error_text, remove_partial_files, show_path, write_json
+
+if TYPE_CHECKING:
+    from simsiam.config.schema import TrainConfig
 
 CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
@@ -47,6 +59,20 @@ LOCK = ".lock"
 MARKER_FORMAT = "simsiam-run"  # the marker's "format"; a file a user could have by chance does not say it
 MAX_MARKER_BYTES = 1 << 16
 METRIC_COLUMNS = ("epoch", "loss", "z_std", "collapse", "lr", "images_per_s", "knn_top1", "seconds")
+
+
+def default_runs(data: str | Path | None) -> Path:
+    """Where run folders go when --out is not given: runs/ here, or beside DATA when here is inside DATA."""
+    runs = Path("runs")
+    if data is None:
+        return runs
+    root = Path(data).resolve()
+    if root.is_file():
+        root = root.parent
+    if not runs.resolve().is_relative_to(root):
+        return runs
+    beside = root.parent / "runs"
+    return beside if not beside.is_relative_to(root) else Path.home() / "simsiam-runs"
 
 
 class RunFolder:
@@ -119,10 +145,15 @@ class RunFolder:
 
     @classmethod
     def choose(cls, out: str | Path | None, data: str | None, resume: bool) -> RunFolder:
-        """``out`` as given, or runs/<data name>[-N]: a new folder, or with ``resume`` the latest with a checkpoint."""
+        """``out`` as given, or runs/<data name>[-N]: a new folder, or with ``resume`` the latest with a checkpoint.
+
+        runs/ is in the current folder, unless that is inside DATA (``cd photos &&
+        simsiam train .``): then it is beside DATA, so that nothing is written into
+        the user's data by default.
+        """
         if out is not None:
             return cls(out)
-        base = Path("runs") / ("demo" if data is None else (Path(data).resolve().name or "data"))
+        base = default_runs(data) / ("demo" if data is None else (Path(data).resolve().name or "data"))
         candidates = [cls(base)] + [cls(base.with_name(f"{base.name}-{i}")) for i in range(2, 1000)]
         if resume:
             runs = [c for c in candidates if c.has_run]
@@ -302,3 +333,118 @@ class RunFolder:
         if not pid.isdigit():
             return "a process that is still starting"
         return f"process {pid} on {host}" if host else f"process {pid}"
+
+
+# -- the data a run trains on, recorded and checked on resume --------------------------------
+
+# The options that name data: the config key, the name a user knows it by, and what "none" means for it.
+DATA_OPTIONS = (("data", "DATA", "the demo set"), ("val", "--val", "no --val"))
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a run's data were, from their listing: their absolute path, file count, total bytes, and names+sizes hash."""
+
+    path: str
+    files: int
+    bytes: int
+    names: str
+
+    def same_files(self, other: Fingerprint) -> bool:
+        return (self.files, self.bytes, self.names) == (other.files, other.bytes, other.names)
+
+    def changes_since(self, old: Fingerprint) -> str:
+        """What changed from ``old`` to these files, in words ("13 files, was 12; 5120 bytes, was 4800")."""
+        said = [f"{self.files} files, was {old.files}"] if self.files != old.files else []
+        said += [f"{self.bytes} bytes, was {old.bytes}"] if self.bytes != old.bytes else []
+        return "; ".join(said) or f"the same {self.files} files in count and bytes, but other names or sizes"
+
+    @classmethod
+    def from_record(cls, values: Any) -> Fingerprint | None:
+        """The fingerprint a run folder's marker recorded, or None (none recorded, or not one of ours)."""
+        try:
+            found = cls(str(values["path"]), int(values["files"]), int(values["bytes"]), str(values["names"]))
+        except (TypeError, KeyError, ValueError):
+            return None
+        return found
+
+
+def fingerprint(data: str | None, exclude: Iterable[str | Path] = ()) -> Fingerprint | None:
+    """The fingerprint of DATA (None for the demo set): the files :func:`simsiam.data.load` would read, listed, not decoded."""
+    if data is None:
+        return None
+    from simsiam.data.folder import SkippedImagesWarning, list_images  # the data layer, only where a run records its data
+    from simsiam.data.sources import is_cifar
+
+    path = Path(os.path.abspath(data))
+    if not path.exists():
+        raise DataError(f"{show_path(path)}: no such file or folder")
+    if path.is_file():
+        root, files = path.parent, [path]
+    elif is_cifar(path):
+        root = path
+        files = sorted(f for f in path.iterdir() if f.name.startswith(("data_batch", "test_batch", "batches.meta")) and f.is_file())
+    else:
+        root = path
+        with warnings.catch_warnings():  # data.load warns about the same files when it reads them
+            warnings.simplefilter("ignore", SkippedImagesWarning)
+            files, _, _ = list_images(path, exclude)
+    names, total = hashlib.sha256(), 0
+    for f in files:
+        try:
+            size = f.stat().st_size
+        except OSError:  # a dangling link: decoding reports it; here it counts as a file of no bytes
+            size = -1
+        total += max(size, 0)
+        names.update(os.fsencode(f.relative_to(root)) + b"\0" + str(size).encode() + b"\n")
+    return Fingerprint(str(path), len(files), total, names.hexdigest()[:16])
+
+
+def settle_data(run: RunFolder, cfg: TrainConfig, given: TrainConfig | None, record: bool) -> tuple[TrainConfig, list[str]]:
+    """``cfg`` with DATA and --val absolute, checked against what the run recorded; and the log lines about them.
+
+    ``given`` is the config as typed on ``--resume`` (None: a new run, nothing to
+    check); ``record`` writes the fingerprints into the run folder's marker (rank 0).
+    """
+    recorded = run.marker_values() or {}
+    found: dict[str, Fingerprint | None] = {}
+    notes = []
+    for key, option, none in DATA_OPTIONS:
+        if given is None:
+            found[key] = fingerprint(getattr(cfg, key), exclude=[run.path])
+            continue
+        found[key], note = _continued(run, option, none, getattr(cfg, key), getattr(given, key), Fingerprint.from_record(recorded.get(key)))
+        notes += [note] if note else []
+    cfg = dataclasses.replace(cfg, **{key: None if fp is None else fp.path for key, fp in found.items()})
+    if record:
+        run.record(**{key: None if fp is None else dataclasses.asdict(fp) for key, fp in found.items()})
+    return cfg, notes
+
+
+def _continued(
+    run: RunFolder, option: str, none: str, saved: str | None, named: str | None, recorded: Fingerprint | None
+) -> tuple[Fingerprint | None, str | None]:
+    """The data a resumed run continues on for one option: its own unchanged, or what was named again; and a log line."""
+    if named is None:
+        if saved is None:
+            return None, None
+        now = fingerprint(saved, exclude=[run.path])  # a run from before absolute paths: relative to here
+        if recorded is not None and not now.same_files(recorded):
+            raise RunError(
+                f"{option}: {now.path} has changed since the run started ({now.changes_since(recorded)}); --resume continues "
+                f"a run on the data it started on: put them back, or name {option} again to continue on them as they are now"
+            )
+        return now, None
+    now = fingerprint(named, exclude=[run.path])
+    same_place = saved is not None and Path(saved).resolve() == Path(named).resolve()
+    if not same_place and (recorded is None or now is None or not now.same_files(recorded)):
+        raise RunError(
+            f"{option}: the run in {run.path} trains on {saved or none}, not {named}; --resume continues a run "
+            f"on its own data (leave {option} out), or start a new run with another --out"
+        )
+    if not same_place:
+        return now, f"{option}: continuing on {now.path} as named, the same files as {saved} where the run started"
+    if recorded is None:
+        return now, f"{option}: continuing on {now.path} as named"
+    changed = "unchanged" if now.same_files(recorded) else f"changed: {now.changes_since(recorded)}"
+    return now, f"{option}: continuing on {now.path} as named ({changed} since the run started)"

@@ -68,16 +68,16 @@ def default_recipe(given: dict[str, Any], on_gpu: bool) -> tuple[str | None, str
 
     ``given`` holds the options the user set (flags and config file, flat). No
     DATA on a machine without a GPU is the demo; own data there gets the CPU-sized
-    network unless a recipe, a backbone or a batch size was named.
+    network unless a recipe or a backbone was named. Other options (a batch size,
+    an lr, epochs) change that number only, never the network.
     """
     if on_gpu or given.get("recipe") is not None:
         return None, None
     if given.get("data") is None:
         return "demo", "no DATA given: training on the bundled demo set with the CPU demo recipe (see README, 'The demo')"
-    if not {"model.backbone", "batch_size"} & set(given):
-        m = RECIPES["cpu"]["model"]
+    if "model.backbone" not in given:
         return "cpu", (
-            f"no GPU found: training the CPU-sized network ({m['backbone']}, batch {RECIPES['cpu']['batch_size']}; --recipe cpu); "
-            "--recipe cifar10 or --recipe imagenet asks for the paper's setting"
+            f"no GPU found: training the CPU-sized network {RECIPES['cpu']['model']['backbone']} (--recipe cpu); "
+            "--backbone NAME, or --recipe cifar10 or imagenet for the paper's setting, train another"
         )
     return None, None

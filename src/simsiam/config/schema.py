@@ -3,7 +3,7 @@
 Each field says, in one place, its default, its flag and help, its allowed values
 and whether ``--resume`` may change it (see :mod:`simsiam.options`); the model's
 and the views' sections live beside the code they configure
-(:class:`~simsiam.model.ModelConfig`, :class:`~simsiam.augment.AugmentConfig`).
+(:class:`~simsiam.settings.ModelConfig`, :class:`~simsiam.settings.AugmentConfig`).
 Fields left as ``None`` are "auto", filled by :func:`simsiam.config.resolve`.
 """
 
@@ -12,12 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from simsiam.augment import AugmentConfig
 from simsiam.config.recipes import RECIPES
 from simsiam.data import CACHE_FORMATS, DATA_ON
 from simsiam.errors import ConfigError
-from simsiam.loss import LOSSES
-from simsiam.model.siamese import ModelConfig
 from simsiam.options import (
     MAX_BATCH,
     MAX_EPOCHS,
@@ -34,6 +31,7 @@ from simsiam.options import (
     to_dict,
     update,
 )
+from simsiam.settings import LOSS_KINDS, AugmentConfig, ModelConfig
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Lightning's precision names that train here: the augmentation renders float32 views,
@@ -90,9 +88,7 @@ class OptimConfig:
     fixed_predictor_lr: bool = option(
         False, flag="--fixed-predictor-lr", help="keep the predictor's lr fixed, not decayed (paper, Table 1)"
     )
-    loss: str = option(
-        "cosine", flag="--loss", choices=tuple(LOSSES), help="D: negative cosine similarity, or the symmetrized cross-entropy"
-    )
+    loss: str = option("cosine", flag="--loss", choices=LOSS_KINDS, help="D: negative cosine similarity, or the symmetrized cross-entropy")
 
 
 @dataclass

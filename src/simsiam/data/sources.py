@@ -48,7 +48,7 @@ from simsiam.data.folder import (
     list_images,
 )
 from simsiam.errors import ConfigError, DataError
-from simsiam.files import cache_dir, show_path
+from simsiam.files import archive_problem, cache_dir, show_path
 
 __all__ = ["ImageSet", "DataError", "SkippedImagesWarning", "load", "load_folder", "load_cifar", "load_demo", "list_images"]
 __all__ += ["is_run_folder", "cache_dir", "decode_image", "show_path", "channel_stats"]
@@ -230,7 +230,7 @@ def load(data: str | Path | None, image_size: int | None = None, *, options: Dat
     if is_cifar(path):
         return load_cifar(path, options.image_size)
     if not path.is_dir():
-        raise DataError(f"{show_path(path)}: expected a folder of images or a CIFAR-10 python batch")
+        raise DataError(archive_problem(path) or f"{show_path(path)}: expected a folder of images or a CIFAR-10 python batch")
     return load_folder(path, options)
 
 

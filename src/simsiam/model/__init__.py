@@ -13,7 +13,7 @@ from simsiam import lazy
 _HOMES = {
     "BackboneInfo": "simsiam.model.backbones",
     "Encoder": "simsiam.model.siamese",
-    "ModelConfig": "simsiam.model.siamese",
+    "ModelConfig": "simsiam.settings",
     "PredictionHead": "simsiam.model.siamese",
     "ProjectionHead": "simsiam.model.siamese",
     "SimSiam": "simsiam.model.siamese",

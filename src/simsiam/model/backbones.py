@@ -34,8 +34,6 @@ rebuild the bare network that the exported weights load into strictly.
 
 from __future__ import annotations
 
-import difflib
-import functools
 import inspect
 from dataclasses import dataclass
 
@@ -48,14 +46,8 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from simsiam.errors import ConfigError
 from simsiam.files import error_text
 from simsiam.model.adapt import first_conv_takes, module_expr, remove_classifier, resnet_stem
+from simsiam.settings import MODULE, RESNET_FAMILY, SLIM_WIDTHS, TIMM, _timm, has_small_stem, name_problem
 
-SLIM = "resnet10-slim"
-# Our CPU networks: torchvision's ResNet class with one BasicBlock per stage and
-# narrower stages; resnet10-tiny is the CPU demo's (README, "The demo").
-SLIM_WIDTHS = {SLIM: (32, 64, 128, 256), "resnet10-tiny": (16, 32, 64, 128)}
-TIMM = "timm:"
-MODULE = "module:"  # the config's name for a module passed to SimSiam(backbone=...)
-RESNET_FAMILY = ("resnet", "resnext", "wide_resnet")
 SMALL_STEM = "small-image stem (3x3 stride-1 conv1, no max-pool)"
 
 # Constructor arguments by model name prefix. "build" ones only initialise; "shape"
@@ -77,50 +69,6 @@ class BackboneInfo:
     small_stem: bool
     description: str  # one line for the training log
     loading_lines: tuple[str, ...]  # Python lines that define ``net``, ready for net.load_state_dict(...)
-
-
-# -- names -------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1)
-def torchvision_names() -> tuple[str, ...]:
-    """The torchvision classification models (detection, segmentation and video models live in submodules)."""
-    return tuple(torchvision.models.list_models(module=torchvision.models))
-
-
-def has_small_stem(name: str) -> bool:
-    """Whether the small-image stem applies: the torchvision ResNet family and our CPU ResNets."""
-    return name in SLIM_WIDTHS or (name.startswith(RESNET_FAMILY) and name in torchvision_names())
-
-
-def _timm():
-    try:
-        import timm
-    except ImportError:
-        return None
-    return timm
-
-
-def name_problem(name: str) -> str | None:
-    """Why ``name`` is not a backbone we can build (one line, with close matches), or None."""
-    if name.startswith(MODULE):
-        return (
-            f"{name!r} stands for a module passed to SimSiam(backbone=...); a config cannot rebuild it: build SimSiam(backbone=your_module)"
-        )
-    if name.startswith(TIMM):
-        timm = _timm()
-        if timm is None:
-            return f"{name} needs timm: pip install 'simsiam[timm]'"
-        if timm.is_model(name[len(TIMM) :]):
-            return None
-        close = difflib.get_close_matches(name[len(TIMM) :], timm.list_models(), n=3)
-        hint = f"; did you mean {', '.join(TIMM + c for c in close)}?" if close else "; timm.list_models() lists them"
-        return f"unknown timm model {name!r}{hint}"
-    if name in SLIM_WIDTHS or name in torchvision_names():
-        return None
-    close = difflib.get_close_matches(name, (*torchvision_names(), *SLIM_WIDTHS), n=3)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
-    return f"unknown backbone {name!r}; {hint}(any torchvision classification model, {', '.join(SLIM_WIDTHS)}, or timm:NAME)"
 
 
 # -- building ----------------------------------------------------------------------------

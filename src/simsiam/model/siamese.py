@@ -29,83 +29,15 @@ top-1 at random init from 0.300 to 0.174 and after 23 of 30 epochs from 0.366 to
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from simsiam.errors import ConfigError
-from simsiam.model.backbones import MODULE, BackboneInfo, adopt, build, build_backbone, has_small_stem, name_problem, zero_init_residual
-from simsiam.options import MAX_LAYERS, MAX_WIDTH, at_least, in_range, option
+from simsiam.model.backbones import MODULE, BackboneInfo, adopt, build, build_backbone, zero_init_residual
+from simsiam.settings import ModelConfig
 
 __all__ = ["BackboneInfo", "Encoder", "ModelConfig", "PredictionHead", "ProjectionHead", "SimSiam", "build_backbone"]
-
-
-@dataclass
-class ModelConfig:
-    """The networks' options (the ``model`` section of a run's config); ``None`` means auto, see :meth:`resolved`."""
-
-    backbone: str = option(
-        "resnet18",
-        flag="--backbone",
-        metavar="NAME",
-        check=name_problem,
-        help="the network that f starts with: any torchvision classification model (resnet50, convnext_tiny, vit_b_16, ...), "
-        "timm:NAME with timm installed, or resnet10-tiny and resnet10-slim, our CPU networks",
-    )
-    small_images: bool | None = option(
-        None, flag="--small-images", help="the paper's CIFAR stem: 3x3 stride-1 first conv, no max-pool (default: at 64 px or less)"
-    )
-    channels: int | None = option(
-        None,
-        flag="--channels",
-        check=in_range(1, 512),  # 512: the most bands a file may hold (simsiam.data.decode.MAX_CHANNELS)
-        help="image channels C, taken by the backbone's first convolution (default: the data's; 3 for RGB; 1 reads images as grey)",
-    )
-    proj_dim: int = option(
-        2048, flag="--proj-dim", check=at_least(1, MAX_WIDTH), help="output width d of the projection MLP (and of the predictor)"
-    )
-    proj_hidden_dim: int | None = option(
-        None, flag="--proj-hidden-dim", check=at_least(1, MAX_WIDTH), help="hidden width of the projection MLP (default: --proj-dim)"
-    )
-    proj_layers: int | None = option(
-        None,
-        flag="--proj-layers",
-        check=at_least(1, MAX_LAYERS),
-        help="layers of the projection MLP (default: 2 for small images as on CIFAR, else 3)",
-    )
-    pred_hidden_dim: int | None = option(
-        None,
-        flag="--pred-hidden-dim",
-        check=at_least(1, MAX_WIDTH),
-        help="bottleneck width of the predictor h (default: --proj-dim / 4, the paper's 512)",
-    )
-    zero_init_residual: bool = option(
-        False,
-        flag="--zero-init-residual",
-        help="start each residual block as the identity (its last BN at zero), as the reference code does",
-    )
-    stop_gradient: bool = option(
-        True, flag="--stop-gradient", help="stop-gradient on z; --no-stop-gradient is the paper's ablation, which collapses"
-    )
-    predictor: bool = option(True, flag="--predictor", help="the predictor h; --no-predictor is the paper's ablation, which collapses")
-
-    def resolved(self, image_size: int | None = None, channels: int | None = None) -> ModelConfig:
-        """Every auto field filled; ``image_size`` decides the small-image defaults (unknown: not small).
-
-        ``channels`` is the data's channel count, used unless the config sets one (default 3).
-        small_images ends up true only where the stem exists (the ResNet family);
-        the 2-layer projector of the paper's CIFAR recipe follows small images either way.
-        """
-        small = (image_size is not None and image_size <= 64) if self.small_images is None else self.small_images
-        return dataclasses.replace(
-            self,
-            small_images=small and has_small_stem(self.backbone),
-            channels=self.channels or channels or 3,
-            proj_hidden_dim=self.proj_hidden_dim or self.proj_dim,
-            proj_layers=self.proj_layers or (2 if small else 3),  # 2 on CIFAR (paper, appendix D)
-            pred_hidden_dim=self.pred_hidden_dim or max(1, self.proj_dim // 4),
-        )
 
 
 class ProjectionHead(nn.Module):

@@ -63,11 +63,16 @@ class SimSiamModule(L.LightningModule):
         self._render = self.augment.apply  # likewise, with --compile-augment
         self._cudagraphs = False  # the compiled step replays CUDA graphs (--compile-mode reduce-overhead)
 
-    def on_fit_start(self) -> None:
+    def setup(self, stage: str) -> None:
         if self.cfg.channels_last:
             # Weights in the inputs' layout: channels_last inputs with NCHW weights make
-            # cuDNN (and inductor) convert at every convolution.
+            # cuDNN (and inductor) convert at every convolution. Here, before the strategy
+            # wraps the model in DDP: DDP lays its gradient buckets out with the strides the
+            # parameters have then (changed later, every step copies and warns that the
+            # "grad strides do not match bucket view strides").
             self.model.to(memory_format=torch.channels_last)
+
+    def on_fit_start(self) -> None:
         if self.cfg.compile:
             mode = None if self.cfg.compile_mode == "default" else self.cfg.compile_mode
             self._step_fn = torch.compile(self._compute, mode=mode)

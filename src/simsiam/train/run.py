@@ -9,7 +9,7 @@ and a Lightning Trainer (devices, precision, DDP, checkpoints, TensorBoard),
 trains, and writes metrics.json, training.png and backbone.pt.
 
 The data a run trains on are recorded in its run folder and checked on ``--resume``
-(:func:`settle_data`). A run records DATA and --val as absolute paths (a resume from another working
+(:func:`simsiam.run_folder.settle_data`). A run records DATA and --val as absolute paths (a resume from another working
 directory finds the same files), each with a fingerprint taken from the listing
 alone, without decoding: the number of files, their total bytes, and a hash of
 their names (relative to DATA) and sizes. ``--resume`` continues on the data
@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import os
+import json
 import signal
 import sys
 import threading
 import time
-import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,15 +41,18 @@ from lightning.pytorch.utilities import rank_zero_only
 
 import simsiam.data.sources as sources  # through the module: a test stubs sources.load to stop where DATA is read
 from simsiam.checkpoint import check_training_state, config_of, read_checkpoint
-from simsiam.config.layers import load_yaml, resolve, resume_config, save_yaml
+from simsiam.config.layers import default_precision, load_yaml, resolve, resume_config, save_yaml
+from simsiam.config.recipes import RECIPES
 from simsiam.config.schema import TrainConfig
 from simsiam.data.batches import Batches, BatchSource, ShardedBatches
 from simsiam.data.disk import DiskImages
-from simsiam.data.folder import DataOptions, SkippedImagesWarning, list_images
-from simsiam.data.sources import ImageSet, channel_stats, is_cifar
-from simsiam.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, RunError, TrainingInterrupted
-from simsiam.files import atomic_write, os_error_text, save_torch_atomic, show_path, write_json
-from simsiam.run_folder import RunFolder
+from simsiam.data.folder import DataOptions
+from simsiam.data.sources import ImageSet, channel_stats
+from simsiam.errors import CheckpointError, ConfigError, NonFiniteLossError, RunError, TrainingInterrupted
+from simsiam.files import atomic_write, os_error_text, save_torch_atomic, write_json
+from simsiam.run_folder import RunFolder, settle_data
+from simsiam.settings import has_small_stem, small_stem
+from simsiam.system import cpu_has_bf16_units
 from simsiam.train.callbacks import EpochReport, ExactResume, GracefulStop, OnlineKnn, ProgressBar, RankZeroRunFolder, say
 from simsiam.train.launch import (
     LAUNCHERS,
@@ -100,6 +101,8 @@ def fit(
         run.expect(resume)
         given = cfg if resume else None
         cfg, resumed = _continue(run, cfg, overrides or {}) if resume else (cfg, None)
+        if resumed is not None and resumed.epochs_done is not None and resumed.epochs_done >= cfg.epochs:
+            return _finished(run, cfg, resumed.epochs_done)  # nothing to train, nothing changed
         if resume:
             check_processes(cfg)  # the run's own --devices and --num-nodes, unless typed again
         cfg, notes = settle_data(run, cfg, given, record=rank0)  # absolute paths; on resume, the data checked against the run's
@@ -138,6 +141,7 @@ class _Resumed:
 
     checkpoint: Path | None
     global_step: int
+    epochs_done: int | None = None  # whole epochs the checkpoint has trained (None: not recorded)
 
 
 def _continue(run: RunFolder, cfg: TrainConfig, given: dict[str, Any]) -> tuple[TrainConfig, _Resumed]:
@@ -146,7 +150,7 @@ def _continue(run: RunFolder, cfg: TrainConfig, given: dict[str, Any]) -> tuple[
         state = read_checkpoint(run.last_checkpoint)
         saved = config_of(run.last_checkpoint, state)  # weights that fit, before minutes of decoding images
         check_training_state(run.last_checkpoint, state)  # and an optimizer that does not make the next step NaN
-        resumed = _Resumed(run.last_checkpoint, int(state.get("global_step", 0)))
+        resumed = _Resumed(run.last_checkpoint, int(state.get("global_step", 0)), _epochs_done(state))
         del state  # Lightning reads the file again; do not hold two copies
     else:
         saved = TrainConfig.from_dict(load_yaml(run.config), where=str(run.config))
@@ -155,6 +159,28 @@ def _continue(run: RunFolder, cfg: TrainConfig, given: dict[str, Any]) -> tuple[
     if resumed.checkpoint is None:
         rank_zero_only(print)(f"{run.path} has no checkpoint yet (the run stopped during its first epoch): starting it from the beginning")
     return dataclasses.replace(cfg, out=str(run.path)), resumed
+
+
+def _epochs_done(state: dict[str, Any]) -> int | None:
+    """Whole epochs a Lightning checkpoint has trained (its fit loop's processed epochs); None when it does not say."""
+    try:
+        done = state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+    except (KeyError, TypeError):
+        return None
+    return done if isinstance(done, int) and done >= 0 else None
+
+
+def _finished(run: RunFolder, cfg: TrainConfig, done: int) -> dict[str, Any]:
+    """A resumed run that has trained all its epochs: one line that says so and how to train longer; its figures."""
+    rank_zero_only(print)(
+        f"the run in {run.path} has finished: it trained {done} of its {cfg.epochs} epochs; nothing changed. "
+        f"To train it longer, resume with more epochs: --resume --epochs {max(done, cfg.epochs) + 10} (say)"
+    )
+    try:
+        result = json.loads(run.metrics_json.read_text())
+    except (OSError, ValueError):
+        result = {}
+    return {**(result if isinstance(result, dict) else {}), "already_finished": True, "epochs": done, "run_folder": str(run.path)}
 
 
 @dataclass
@@ -166,6 +192,7 @@ class _Images:
     bank: ImageSet | None
     query: ImageSet | None
     note: str  # the log line about the online kNN
+    stem: str = ""  # which stem the backbone got and why
 
 
 def _load_images(cfg: TrainConfig, run: RunFolder, progress: bool) -> tuple[TrainConfig, _Images]:
@@ -188,6 +215,7 @@ def _load_images(cfg: TrainConfig, run: RunFolder, progress: bool) -> tuple[Trai
     )
     dataset = sources.load(cfg.data, options=options)
     # Not RGB: the views, the kNN and the exports are normalised with the data's own per-channel mean and std.
+    stem = _stem_note(cfg, cfg.image_size or dataset.image_size)
     cfg = resolve(
         cfg,
         cfg.image_size or dataset.image_size,
@@ -198,7 +226,20 @@ def _load_images(cfg: TrainConfig, run: RunFolder, progress: bool) -> tuple[Trai
     cfg = dataclasses.replace(cfg, cache_size=dataset.image_size)  # the views are random crops of images this size
     options = dataclasses.replace(options, image_size=cfg.cache_size, channels=cfg.model.channels)
     val = sources.load(cfg.val, options=options) if cfg.val is not None else None
-    return cfg, _knn_sets(cfg, dataset, val)
+    return cfg, dataclasses.replace(_knn_sets(cfg, dataset, val), stem=stem)
+
+
+def _stem_note(cfg: TrainConfig, image_size: int) -> str:
+    """Which stem the backbone gets and why, for the header (the rule: simsiam.settings.small_stem)."""
+    small, why = small_stem(cfg.model.small_images, image_size, cfg.model.backbone)
+    from_recipe = RECIPES.get(cfg.recipe or "", {}).get("model", {}).get("small_images")
+    if cfg.model.small_images is not None and from_recipe == cfg.model.small_images:
+        why = f"the {cfg.recipe} recipe's"
+    if small:
+        return f"the small-image stem (3x3 stride-1 conv1, no max-pool): {why}"
+    if has_small_stem(cfg.model.backbone):
+        return f"the ImageNet stem (7x7 stride-2 conv1, max-pool): {why}"
+    return f"{cfg.model.backbone}'s own: {why}"
 
 
 def _knn_sets(cfg: TrainConfig, dataset: ImageSet, val: ImageSet | None) -> _Images:
@@ -284,9 +325,10 @@ def _print_header(
     print(f"data: {len(data)} images of {cfg.data or 'the bundled demo set'} at {cfg.image_size}x{cfg.image_size}{channels}{labels}")
     print(images.note)
     print(
-        f"model: {m.backbone}{' (small-image stem)' if m.small_images else ''}, {m.proj_layers}-layer projector to {m.proj_dim}, "
+        f"model: {m.backbone}, {m.proj_layers}-layer projector to {m.proj_dim}, "
         f"predictor hidden {m.pred_hidden_dim}, {n_params / 1e6:.1f}M parameters"
     )
+    print(f"stem: {images.stem}")
     print(f"backbone: {module.model.backbone_info.description}")
     if cfg.mean is not None:
         mean, std = (", ".join(f"{v:.3f}" for v in values) for values in cfg.normalization())
@@ -295,7 +337,8 @@ def _print_header(
         print(f"views: {note}")
     print(
         f"training: {cfg.epochs} epochs, batch {cfg.batch_size} over {world} process(es) ({cfg.batch_size // world} each), "
-        f"lr {cfg.lr:.4g}, {cfg.precision} on {'GPU' if on_gpu else 'CPU'}" + (", compiled" if cfg.compile else "")
+        f"lr {cfg.lr:.4g}, {cfg.precision} on {'GPU' if on_gpu else 'CPU'}{_precision_note(cfg, on_gpu)}"
+        + (", compiled" if cfg.compile else "")
     )
     if world > 1:
         print(describe_distributed(trainer, cfg, on_gpu))
@@ -303,6 +346,14 @@ def _print_header(
         steps = module.steps_per_epoch
         epoch, done = divmod(resumed.global_step, steps)
         print(f"resuming from {resumed.checkpoint} (epoch {epoch + 1} of {cfg.epochs}, {done} of its {steps} steps done)")
+
+
+def _precision_note(cfg: TrainConfig, on_gpu: bool) -> str:
+    """Why this precision, when it is the default (see simsiam.config.layers.default_precision)."""
+    if on_gpu or cfg.precision != default_precision(on_gpu):
+        return ""
+    units = "this CPU has bf16 matrix units (AMX), but " if cpu_has_bf16_units() else ""
+    return f" ({units}bf16 cost accuracy on CPUs, same speed with AMX: --precision bf16-mixed asks for it)"
 
 
 def _train(trainer: L.Trainer, module: SimSiamModule, images: L.LightningDataModule, run: RunFolder, resumed: _Resumed | None) -> None:
@@ -426,116 +477,3 @@ def _stop_on_ctrl_c(stop: GracefulStop) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)  # also undoes Lightning's SIG_IGN after a KeyboardInterrupt
-
-
-# -- the data a run trains on, recorded and checked on resume --------------------------------
-
-# The options that name data: the config key, the name a user knows it by, and what "none" means for it.
-DATA_OPTIONS = (("data", "DATA", "the demo set"), ("val", "--val", "no --val"))
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    """What a run's data were, from their listing: their absolute path, file count, total bytes, and names+sizes hash."""
-
-    path: str
-    files: int
-    bytes: int
-    names: str
-
-    def same_files(self, other: Fingerprint) -> bool:
-        return (self.files, self.bytes, self.names) == (other.files, other.bytes, other.names)
-
-    def changes_since(self, old: Fingerprint) -> str:
-        """What changed from ``old`` to these files, in words ("13 files, was 12; 5120 bytes, was 4800")."""
-        said = [f"{self.files} files, was {old.files}"] if self.files != old.files else []
-        said += [f"{self.bytes} bytes, was {old.bytes}"] if self.bytes != old.bytes else []
-        return "; ".join(said) or f"the same {self.files} files in count and bytes, but other names or sizes"
-
-    @classmethod
-    def from_record(cls, values: Any) -> Fingerprint | None:
-        """The fingerprint a run folder's marker recorded, or None (none recorded, or not one of ours)."""
-        try:
-            found = cls(str(values["path"]), int(values["files"]), int(values["bytes"]), str(values["names"]))
-        except (TypeError, KeyError, ValueError):
-            return None
-        return found
-
-
-def fingerprint(data: str | None, exclude: Iterable[str | Path] = ()) -> Fingerprint | None:
-    """The fingerprint of DATA (None for the demo set): the files :func:`simsiam.data.load` would read, listed, not decoded."""
-    if data is None:
-        return None
-
-    path = Path(os.path.abspath(data))
-    if not path.exists():
-        raise DataError(f"{show_path(path)}: no such file or folder")
-    if path.is_file():
-        root, files = path.parent, [path]
-    elif is_cifar(path):
-        root = path
-        files = sorted(f for f in path.iterdir() if f.name.startswith(("data_batch", "test_batch", "batches.meta")) and f.is_file())
-    else:
-        root = path
-        with warnings.catch_warnings():  # data.load warns about the same files when it reads them
-            warnings.simplefilter("ignore", SkippedImagesWarning)
-            files, _, _ = list_images(path, exclude)
-    names, total = hashlib.sha256(), 0
-    for f in files:
-        try:
-            size = f.stat().st_size
-        except OSError:  # a dangling link: decoding reports it; here it counts as a file of no bytes
-            size = -1
-        total += max(size, 0)
-        names.update(os.fsencode(f.relative_to(root)) + b"\0" + str(size).encode() + b"\n")
-    return Fingerprint(str(path), len(files), total, names.hexdigest()[:16])
-
-
-def settle_data(run: RunFolder, cfg: TrainConfig, given: TrainConfig | None, record: bool) -> tuple[TrainConfig, list[str]]:
-    """``cfg`` with DATA and --val absolute, checked against what the run recorded; and the log lines about them.
-
-    ``given`` is the config as typed on ``--resume`` (None: a new run, nothing to
-    check); ``record`` writes the fingerprints into the run folder's marker (rank 0).
-    """
-    recorded = run.marker_values() or {}
-    found: dict[str, Fingerprint | None] = {}
-    notes = []
-    for key, option, none in DATA_OPTIONS:
-        if given is None:
-            found[key] = fingerprint(getattr(cfg, key), exclude=[run.path])
-            continue
-        found[key], note = _continued(run, option, none, getattr(cfg, key), getattr(given, key), Fingerprint.from_record(recorded.get(key)))
-        notes += [note] if note else []
-    cfg = dataclasses.replace(cfg, **{key: None if fp is None else fp.path for key, fp in found.items()})
-    if record:
-        run.record(**{key: None if fp is None else dataclasses.asdict(fp) for key, fp in found.items()})
-    return cfg, notes
-
-
-def _continued(
-    run: RunFolder, option: str, none: str, saved: str | None, named: str | None, recorded: Fingerprint | None
-) -> tuple[Fingerprint | None, str | None]:
-    """The data a resumed run continues on for one option: its own unchanged, or what was named again; and a log line."""
-    if named is None:
-        if saved is None:
-            return None, None
-        now = fingerprint(saved, exclude=[run.path])  # a run from before absolute paths: relative to here
-        if recorded is not None and not now.same_files(recorded):
-            raise RunError(
-                f"{option}: {now.path} has changed since the run started ({now.changes_since(recorded)}); --resume continues "
-                f"a run on the data it started on: put them back, or name {option} again to continue on them as they are now"
-            )
-        return now, None
-    now = fingerprint(named, exclude=[run.path])
-    same_place = saved is not None and Path(saved).resolve() == Path(named).resolve()
-    if not same_place and (recorded is None or now is None or not now.same_files(recorded)):
-        raise RunError(
-            f"{option}: the run in {run.path} trains on {saved or none}, not {named}; --resume continues a run "
-            f"on its own data (leave {option} out), or start a new run with another --out"
-        )
-    if not same_place:
-        return now, f"{option}: continuing on {now.path} as named, the same files as {saved} where the run started"
-    if recorded is None:
-        return now, f"{option}: continuing on {now.path} as named"
-    changed = "unchanged" if now.same_files(recorded) else f"changed: {now.changes_since(recorded)}"
-    return now, f"{option}: continuing on {now.path} as named ({changed} since the run started)"
