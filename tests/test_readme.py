@@ -26,7 +26,8 @@ def _command_lines(text: str) -> list[list[str]]:
     """Every `simsiam ...` command in the README's code (fenced blocks and indented lines), as argv after 'simsiam'."""
     import shlex
 
-    blocks = re.findall(r"```(?:bash)?\n(.*?)```", text, re.S) + re.findall(r"(?m)^    (\S.*(?:\\\n.*)*)$", text)
+    fenced = re.findall(r"(?ms)^```(\w*)\n(.*?)^```", text)  # opening and closing fences paired, in order
+    blocks = [body for lang, body in fenced if lang in ("", "bash")] + re.findall(r"(?m)^    (\S.*(?:\\\n.*)*)$", text)
     commands = []
     for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():

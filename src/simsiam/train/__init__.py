@@ -12,6 +12,9 @@ from simsiam import lazy
 
 _HOMES = {
     "fit": "simsiam.train.run",
+    "SimSiamModule": "simsiam.train.module",
+    "SimSiamDataModule": "simsiam.train.module",
+    "OnlineKnn": "simsiam.train.callbacks",
     "summary": "simsiam.train.run",
     "AtomicCheckpointIO": "simsiam.train.run",
     "CTRL_C": "simsiam.train.run",

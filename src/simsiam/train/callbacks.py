@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from simsiam.config.schema import TrainConfig
 from simsiam.data.batches import take
 from simsiam.data.sources import ImageSet
-from simsiam.errors import NonFiniteLossError, TrainingInterrupted
+from simsiam.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from simsiam.evaluate import collapse_level, extract_features, knn_accuracy
 from simsiam.run_folder import RunFolder
 
@@ -70,48 +70,90 @@ def describe_collapse(level: float) -> str:
 
 
 class OnlineKnn(L.Callback):
-    """kNN top-1 of the backbone: ``bank`` images vote for the classes of ``query`` images.
+    """kNN top-1 of the backbone during training: ``bank`` images vote for the classes of ``query`` images.
 
-    Measured once at random init (``init_top1``, printed) and, through
-    :meth:`measure`, every ``knn_every`` epochs and at the last. Under DDP every
-    process extracts a slice and gathers the rest, so all of them compute the same
-    figure (the best-checkpoint callback decides on each).
+    Measured once at random init (``init_top1``) and every ``every`` epochs and at
+    the last, with l2-normalised features, cosine similarity, ``k`` neighbours and
+    similarity weights exp(s / ``temperature``) (:func:`~simsiam.evaluate.knn_accuracy`).
+    ``bank`` and ``query`` are labeled :class:`~simsiam.data.ImageSet` s or
+    (uint8 images, labels) pairs. It works with any LightningModule whose ``model``
+    (or itself) has ``features(x)``; images are normalised with ``mean`` and
+    ``std`` (default: the module's config, else ImageNet's) and centre-cropped to
+    ``crop``. With ``report`` (the default) it logs ``knn_top1`` (a ModelCheckpoint may monitor it)
+    and prints a line::
+
+        L.Trainer(callbacks=[OnlineKnn(train_set, val_set, k=200)]).fit(module, data)
+
+    ``simsiam train`` builds it with :meth:`of_config` and reports it in its epoch
+    lines. Under DDP every process extracts a slice and gathers the rest, so all of
+    them compute the same figure.
     """
 
-    def __init__(self, bank: ImageSet, query: ImageSet, cfg: TrainConfig):
-        self.bank, self.query, self.cfg = bank, query, cfg
+    def __init__(
+        self,
+        bank: Any,
+        query: Any,
+        k: int = 200,
+        temperature: float = 0.1,
+        every: int = 1,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        crop: int | None = None,
+        channels_last: bool | None = None,
+        report: bool = True,
+    ):
+        self.bank, self.query = _labeled(bank, "bank"), _labeled(query, "query")
+        self.k, self.temperature, self.every = k, temperature, every
+        self.mean, self.std, self.crop, self.channels_last = mean, std, crop, channels_last
+        self.report = report  # log knn_top1 and print a line at epoch ends (simsiam train's EpochReport does that itself)
         self.init_top1: float | None = None
 
+    @classmethod
+    def of_config(cls, bank: ImageSet, query: ImageSet, cfg: TrainConfig) -> OnlineKnn:
+        """The online kNN of a ``simsiam train`` run: its options, reported by :class:`EpochReport`."""
+        mean, std = cfg.normalization()  # as the views are normalised
+        options = dict(mean=mean, std=std, crop=cfg.image_size, channels_last=bool(cfg.channels_last), report=False)
+        return cls(bank, query, k=cfg.knn_k, temperature=cfg.knn_temperature, every=cfg.knn_every, **options)
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.init_top1 is None and self.cfg.knn_every:
+        if self.init_top1 is None and self.every:
             self.init_top1 = self.top1(trainer, pl_module)
             say(trainer, f"kNN top-1 of the backbone at random init: {self.init_top1:.4f}")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.report:
+            return
+        top1 = self.measure(trainer, pl_module, trainer.current_epoch + 1)
+        if top1 is not None:
+            pl_module.log("knn_top1", top1, sync_dist=True)  # the same on every process: the mean is that figure
+            say(trainer, f"epoch {trainer.current_epoch + 1}: kNN top-1 {top1:.4f}")
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> float | None:
         """The top-1 after ``epoch`` (1-based) when one is due, else None; called by every process at every epoch end."""
         if trainer.world_size > 1 and not any(isinstance(m, torch.nn.SyncBatchNorm) for m in pl_module.modules()):
             share_bn_statistics(trainer, pl_module)
-        every = self.cfg.knn_every
-        if every and (epoch % every == 0 or epoch == self.cfg.epochs):
+        if self.every and (epoch % self.every == 0 or epoch == trainer.max_epochs):
             return self.top1(trainer, pl_module)
         return None
 
     def top1(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
         bank, query = self._features(trainer, pl_module, self.bank.images), self._features(trainer, pl_module, self.query.images)
-        k, temperature = self.cfg.knn_k, self.cfg.knn_temperature
-        return knn_accuracy(bank, self.bank.labels, query, self.query.labels, k=k, temperature=temperature)
+        return knn_accuracy(bank, self.bank.labels, query, self.query.labels, k=self.k, temperature=self.temperature)
 
     def _features(self, trainer: L.Trainer, pl_module: L.LightningModule, images: torch.Tensor) -> torch.Tensor:
         """Backbone features (N, D) of uint8 ``images``: this process's slice, gathered from all."""
-        world, rank, model = trainer.world_size, trainer.global_rank, pl_module.model
+        world, rank = trainer.world_size, trainer.global_rank
+        model = getattr(pl_module, "model", pl_module)
+        cfg = getattr(pl_module, "cfg", None)
+        mean, std = (self.mean, self.std) if self.mean is not None else cfg.normalization() if cfg is not None else (None, None)
+        crop = self.crop if self.crop is not None else getattr(cfg, "image_size", None)
+        channels_last = self.channels_last if self.channels_last is not None else bool(getattr(cfg, "channels_last", False))
         per = -(-images.shape[0] // world)
         slice_ = take(images, slice(rank * per, (rank + 1) * per))  # from disk: a view, read batch by batch
-        mean, std = self.cfg.normalization()  # as the views are normalised
-        options = dict(channels_last=bool(self.cfg.channels_last), mean=mean, std=std, crop=self.cfg.image_size)  # crop: a larger cache
-        mine = extract_features(model, slice_, device=pl_module.device, **options)
+        mine = extract_features(model, slice_, device=pl_module.device, channels_last=channels_last, mean=mean, std=std, crop=crop)
         if world == 1:
             return mine
-        padded = mine.new_zeros(per, model.feature_dim)  # all_gather wants one shape on every process
+        padded = mine.new_zeros(per, mine.shape[1])  # all_gather wants one shape on every process
         padded[: mine.shape[0]] = mine
         return trainer.strategy.all_gather(padded).reshape(world * per, -1)[: images.shape[0]]  # (N, D)
 
@@ -124,6 +166,21 @@ class OnlineKnn(L.Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if legacy := _legacy_state(self, checkpoint):  # a checkpoint of the previous version
             self.load_state_dict({"init_top1": legacy.get("knn_init")})
+
+
+def _labeled(images: Any, name: str) -> ImageSet:
+    """An ImageSet, or (images, labels) made one: the kNN needs labels."""
+    if isinstance(images, ImageSet):
+        found = images
+    else:
+        try:
+            x, y = images
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: an ImageSet or an (images, labels) pair, got {type(images).__name__}") from None
+        found = ImageSet(x, torch.as_tensor(y), [], [], name)
+    if found.labels is None:
+        raise ConfigError(f"{name}: the online kNN needs labeled images (class subfolders)")
+    return found
 
 
 def share_bn_statistics(trainer: L.Trainer, pl_module: L.LightningModule) -> None:

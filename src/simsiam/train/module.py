@@ -1,4 +1,7 @@
-"""The LightningModule: the model, the views, the step, the optimizer and its schedule.
+"""The LightningModule (the model, the views, the step, the optimizer and its schedule) and the DataModule.
+
+Both are public (:mod:`simsiam.lightning`): ``simsiam train`` and your own Trainer
+use the same two classes.
 
 Lightning owns devices, precision, DDP, SyncBatchNorm, checkpoints and logging;
 everything else about a run (the online kNN, the epoch report, Ctrl-C, exact
@@ -20,11 +23,37 @@ import torch
 from simsiam.augment import Augment
 from simsiam.checkpoint import rename_legacy_weights
 from simsiam.config.schema import TrainConfig
-from simsiam.errors import NonFiniteLossError, TrainingInterrupted
+from simsiam.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from simsiam.loss import simsiam_loss, z_std
 from simsiam.model.siamese import SimSiam
 
-__all__ = ["SimSiamModule", "lr_factor", "NonFiniteLossError", "TrainingInterrupted"]
+__all__ = ["SimSiamModule", "SimSiamDataModule", "config_from_options", "lr_factor", "NonFiniteLossError", "TrainingInterrupted"]
+
+
+def config_from_options(options: dict[str, Any]) -> TrainConfig:
+    """A resolved TrainConfig from options by their plain names (``backbone=``, ``base_lr=``, ``blur_p=``...).
+
+    Each name is the last part of a config key (``model.backbone`` is ``backbone``);
+    an unknown one is a ConfigError naming the closest. ``image_size`` is required:
+    it sizes the views and the networks, as DATA's size does for ``simsiam train``.
+
+    >>> config_from_options({"backbone": "resnet10-tiny", "image_size": 32}).model.proj_layers
+    2
+    """
+    from simsiam.config.layers import check, resolve
+    from simsiam.options import closest, nest, walk
+
+    keys = {key.rsplit(".", 1)[-1]: key for key, _, _ in walk(TrainConfig)}
+    for name in options:
+        if name not in keys:
+            guess = closest(name, keys)
+            raise ConfigError(f"{name}: not an option of SimSiamModule" + (f"; did you mean {guess}?" if guess else ""))
+    if options.get("image_size") is None:
+        raise ConfigError("image_size: SimSiamModule needs the size of the views (the images' side, or less), e.g. image_size=32")
+    cfg = TrainConfig.from_dict(nest({keys[name]: value for name, value in options.items()}), where="SimSiamModule")
+    names = {keys[name]: name for name in options}
+    check(cfg, names)
+    return resolve(cfg, cfg.image_size, on_gpu=False, names=names)  # devices and precision are the Trainer's
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
@@ -40,19 +69,34 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
 
 
 class SimSiamModule(L.LightningModule):
-    """SimSiam training on batches of uint8 images.
+    """SimSiam training on batches of uint8 images, for ``simsiam train`` and for your own Trainer.
 
-    ``config`` is a resolved :class:`TrainConfig` as a dict (it goes into every
-    checkpoint); ``steps_per_epoch`` sizes the schedule. ``training_step`` takes a
-    (B, C, S, S) uint8 batch on the device and returns the loss and the batch's
-    z_std (for :class:`~simsiam.train.callbacks.EpochReport`).
+    Give it options by name, as the command line has them (``backbone``,
+    ``image_size``, ``proj_dim``, ``base_lr``, ``blur_p``, ...: every option of the
+    model, the views, the loss and the optimizer, with the same defaults, checks
+    and one-line errors); ``image_size`` is the views' size. Its batches are
+    (B, C, H, W) uint8 image tensors, or (images, labels) pairs, from any
+    DataLoader; the lr schedule is sized from the Trainer's steps. Its checkpoints
+    carry the resolved options, so ``simsiam export``, ``embed``, ``evaluate``,
+    ``neighbors`` and ``map`` take them::
+
+        module = SimSiamModule(backbone="resnet10-tiny", image_size=32, base_lr=0.3)
+        L.Trainer(max_epochs=10).fit(module, my_uint8_loader)
+
+    ``simsiam train`` builds it from a resolved :class:`TrainConfig` as a dict
+    (``config``) and the steps of its epoch (``steps_per_epoch``).
+    ``training_step`` returns the loss and the batch's z_std.
     """
 
-    def __init__(self, config: dict[str, Any], steps_per_epoch: int):
+    def __init__(self, config: dict[str, Any] | None = None, steps_per_epoch: int | None = None, **options: Any):
         super().__init__()
+        if config is None:
+            config = config_from_options(options).to_dict()
+        elif options:
+            raise TypeError("give either config (a resolved TrainConfig as a dict) or options by name, not both")
         self.save_hyperparameters({"config": config})
         self.cfg = TrainConfig.from_dict(config)
-        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.steps_per_epoch = None if steps_per_epoch is None else max(1, steps_per_epoch)
         # The image size builds ViTs for it and checks every backbone at it; channels, mean and std are the data's.
         self.model = SimSiam(**dataclasses.asdict(self.cfg.model), image_size=self.cfg.image_size)
         mean, std = self.cfg.normalization()
@@ -86,7 +130,9 @@ class SimSiamModule(L.LightningModule):
         p1, p2, z1, z2 = self.model(x1, x2)  # z1, z2 come back detached: the stop-gradient
         return simsiam_loss(p1, p2, z1, z2, kind=self.cfg.optim.loss), z_std(z1.detach())
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: torch.Tensor | tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
+        if isinstance(batch, (tuple, list)):  # (images, labels) from a labeled dataset: the labels are not used
+            batch = batch[0]
         if self._cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer needed
         # Augmentation in float32 whatever the training precision (autocast would run the
@@ -135,8 +181,12 @@ class SimSiamModule(L.LightningModule):
             groups.append({"params": predictor, "name": "predictor"})
         fused = self.device.type == "cuda"
         optimizer = torch.optim.SGD(groups, lr=self.cfg.lr, momentum=o.momentum, weight_decay=o.weight_decay, fused=fused or None)
-        total = self.steps_per_epoch * self.cfg.epochs
-        warmup = int(round(o.warmup_epochs * self.steps_per_epoch))
+        if self.steps_per_epoch is not None:  # simsiam train: its epochs of known length
+            per_epoch, total = self.steps_per_epoch, self.steps_per_epoch * self.cfg.epochs
+        else:  # your Trainer: its steps, from its max_epochs (or max_steps) and its loader
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        warmup = int(round(o.warmup_epochs * per_epoch))
         decayed = lambda step: lr_factor(step, total, warmup)
         fixed = lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
         lambdas = [decayed] + ([fixed if o.fixed_predictor_lr else decayed] if predictor else [])
@@ -147,3 +197,59 @@ class SimSiamModule(L.LightningModule):
         # A checkpoint of the previous model layout resumes too (Lightning calls this
         # before it loads the weights).
         checkpoint["state_dict"] = rename_legacy_weights(checkpoint["state_dict"])
+
+
+class SimSiamDataModule(L.LightningDataModule):
+    """DATA decoded once into the image cache and served as uint8 batches, as ``simsiam train`` serves them.
+
+    Where the images live is decided as for the command line (on the GPU when they
+    fit, else pinned memory, else read from the disk cache in prefetched batches;
+    ``data_on`` forces it), and under DDP each process trains on its own shard of
+    every epoch. ``batch_size`` is the global batch, split over the processes, as
+    ``--batch-size`` is. Any option of :class:`~simsiam.data.DataOptions` may be
+    given by name (``channels``, ``cache_format``, ``strict``, ...)::
+
+        data = SimSiamDataModule("path/to/images", batch_size=256, image_size=32)
+        L.Trainer(max_epochs=10).fit(SimSiamModule(image_size=32), data)
+
+    ``simsiam train`` hands it the images it has already decoded (``images``).
+    The decoded set, with its labels, is :attr:`dataset` once set up.
+    """
+
+    def __init__(
+        self,
+        data: str | None = None,
+        batch_size: int = 512,
+        image_size: int | None = None,
+        *,
+        seed: int = 0,
+        images: Any = None,
+        **data_options: Any,
+    ):
+        super().__init__()
+        from simsiam.data.folder import DataOptions
+
+        self.data, self.batch_size, self.seed, self.images = data, batch_size, seed, images
+        self.options = DataOptions(image_size=image_size, **data_options)
+        self.dataset = None
+        self.source = None
+
+    def setup(self, stage: str) -> None:
+        if self.images is None:  # every process decodes, or finds, the same cache entry (one builds it, the others wait)
+            from simsiam.data.sources import load
+
+            self.dataset = load(self.data, options=self.options)
+            self.images = self.dataset.images
+
+    def train_dataloader(self):
+        from simsiam.data.batches import Batches, BatchSource, ShardedBatches
+        from simsiam.train.callbacks import say
+
+        t = self.trainer
+        device = t.strategy.root_device
+        if t.world_size > self.batch_size:
+            raise ConfigError(f"batch_size: {self.batch_size} images cannot be split over {t.world_size} processes", key="batch_size")
+        self.source = BatchSource.place(self.images, device, self.options.data_on, self.options.processes)
+        say(t, self.source.describe())
+        sampler = ShardedBatches(len(self.source), self.batch_size // t.world_size, t.global_rank, t.world_size, self.seed)
+        return Batches(self.source, sampler, device)

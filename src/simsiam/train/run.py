@@ -44,8 +44,6 @@ from simsiam.checkpoint import check_training_state, config_of, read_checkpoint
 from simsiam.config.layers import default_precision, load_yaml, resolve, resume_config, save_yaml
 from simsiam.config.recipes import RECIPES
 from simsiam.config.schema import TrainConfig
-from simsiam.data.batches import Batches, BatchSource, ShardedBatches
-from simsiam.data.disk import DiskImages
 from simsiam.data.folder import DataOptions
 from simsiam.data.sources import ImageSet, channel_stats
 from simsiam.errors import CheckpointError, ConfigError, NonFiniteLossError, RunError, TrainingInterrupted
@@ -53,7 +51,7 @@ from simsiam.files import atomic_write, os_error_text, save_torch_atomic, write_
 from simsiam.run_folder import RunFolder, settle_data
 from simsiam.settings import has_small_stem, small_stem
 from simsiam.system import cpu_has_bf16_units
-from simsiam.train.callbacks import EpochReport, ExactResume, GracefulStop, OnlineKnn, ProgressBar, RankZeroRunFolder, say
+from simsiam.train.callbacks import EpochReport, ExactResume, GracefulStop, OnlineKnn, ProgressBar, RankZeroRunFolder
 from simsiam.train.launch import (
     LAUNCHERS,
     check_batch,
@@ -66,7 +64,7 @@ from simsiam.train.launch import (
     uses_gpu,
     waited_error,
 )
-from simsiam.train.module import SimSiamModule
+from simsiam.train.module import SimSiamDataModule, SimSiamModule
 
 __all__ = ["fit", "summary", "AtomicCheckpointIO", "CTRL_C"]
 __all__ += ["LAUNCHERS", "launched_processes", "describe_distributed"]  # the processes of a run, from simsiam.train.launch
@@ -112,7 +110,7 @@ def fit(
         cfg, images = _load_images(dataclasses.replace(cfg, out=str(run.path)), run, progress and rank0)
         check_batch(cfg, len(images.train))
         module = SimSiamModule(cfg.to_dict(), steps_per_epoch=len(images.train) // cfg.batch_size)
-        knn = OnlineKnn(images.bank, images.query, cfg) if images.bank is not None else None
+        knn = OnlineKnn.of_config(images.bank, images.query, cfg) if images.bank is not None else None
         report, stop = EpochReport(run, cfg, knn), GracefulStop(run, cfg)
         own = [RankZeroRunFolder(run), *([knn] if knn else []), report, stop, ExactResume(cfg.seed)]  # the order they run in
         trainer = _trainer(cfg, run, module, [*own, *callbacks], progress and rank0, with_best=knn is not None)
@@ -121,7 +119,10 @@ def fit(
             save_yaml(cfg, run.config)
             _print_header(run, cfg, images, trainer, module, resumed)
         with _stop_on_ctrl_c(stop):  # a Ctrl-C after the last step lets the result files below finish
-            _train(trainer, module, _TrainingImages(images.train.images, cfg), run, resumed)
+            data = SimSiamDataModule(
+                images=images.train.images, batch_size=cfg.batch_size, seed=cfg.seed, data_on=cfg.data_on, processes=processes_per_node(cfg)
+            )
+            _train(trainer, module, data, run, resumed)
             knn_init = knn.init_top1 if knn else None
             result = summary(report.rows, knn_init, time.perf_counter() - started)
             result.update(run_folder=str(run.path), config=cfg.to_dict())
@@ -410,24 +411,6 @@ def summary(rows: list[dict[str, Any]], knn_init: float | None, wall_seconds: fl
 
 
 # -- pieces ----------------------------------------------------------------------------------
-
-
-class _TrainingImages(L.LightningDataModule):
-    """The training images as Lightning asks for them: this process's shard, from the GPU, pinned memory or the disk cache."""
-
-    def __init__(self, images: torch.Tensor | DiskImages, cfg: TrainConfig):
-        super().__init__()
-        self.images, self.batch_size, self.seed, self.data_on = images, cfg.batch_size, cfg.seed, cfg.data_on
-        self.processes = processes_per_node(cfg)
-        self.source: BatchSource | None = None
-
-    def train_dataloader(self) -> Batches:
-        t = self.trainer
-        device = t.strategy.root_device
-        self.source = BatchSource.place(self.images, device, self.data_on, self.processes)
-        say(t, self.source.describe())
-        sampler = ShardedBatches(len(self.source), self.batch_size // t.world_size, t.global_rank, t.world_size, self.seed)
-        return Batches(self.source, sampler, device)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
