@@ -17,8 +17,8 @@ LAUNCHER_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "MASTER_A
 
 @pytest.mark.parametrize(
     "script, args",
-    [("pytorch_loop.py", []), ("lightning_trainer.py", []), ("lightning_trainer.py", ["--devices", "2"])],
-    ids=["pytorch loop", "own Trainer", "own Trainer, DDP over 2 CPU processes"],
+    [("pytorch_loop.py", []), ("lightning_trainer.py", []), ("lightning_trainer.py", ["--devices", "2"]), ("own_dataloader.py", [])],
+    ids=["pytorch loop", "own Trainer", "own Trainer, DDP over 2 CPU processes", "own DataLoader"],
 )
 def test_an_example_runs_one_epoch_and_prints_its_knn(tmp_path, script, args):
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES and not k.startswith("SLURM_")}

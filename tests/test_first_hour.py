@@ -96,6 +96,11 @@ def test_a_finished_run_resumed_says_so_names_epochs_and_changes_nothing(tmp_pat
     assert "has finished: it trained 1 of its 1 epochs; nothing changed" in out and "--resume --epochs" in out
     assert "epoch 2 of 1" not in out
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
+    # Killed after its last checkpoint, before its results were written: the resume writes them, training nothing.
+    (run / "backbone.pt").unlink()
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "all 1 epochs are trained; writing the run's results" in out and (run / "backbone.pt").is_file()
     # With more epochs it trains on.
     assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress"]) == 0
     assert "epoch 2/2" in capsys.readouterr().out

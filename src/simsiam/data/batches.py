@@ -49,9 +49,8 @@ def placement(nbytes: int, device: torch.device | str, data_on: str = "auto", pr
         if nbytes < 0.5 * free:
             return "gpu", f"under half of the GPU's {gib(free)} of free memory"
     if not on_disk:
-        return "memory", "CIFAR-10 batches and the demo set are always held in memory" if data_on == "disk" else (
-            "--data-on memory" if data_on == "memory" else "it fits in memory"
-        )
+        held = {"disk": "CIFAR-10 batches and the demo set are always held in memory", "memory": "--data-on memory"}
+        return "memory", held.get(data_on, "it fits in memory")
     if data_on in ("disk", "gpu"):
         return "disk", f"--data-on {data_on}"
     if data_on == "memory":
@@ -156,10 +155,6 @@ class BatchSource:
         if device.type == "cuda" and not images.is_pinned():
             images = images.pin_memory()
         return cls(images, why)
-
-    def to_device(self, device: torch.device | str) -> BatchSource:
-        """The source to train on ``device`` (see :meth:`place`)."""
-        return BatchSource.place(self.images, device)
 
     def describe(self) -> str:
         """One line for the log: how big the images are, where they are read from, and why."""

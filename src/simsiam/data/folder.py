@@ -19,10 +19,12 @@ Caching (:func:`cached_folder`, the image-cache half of :func:`simsiam.data.load
    written, where, and how much disk is free (a disk that cannot hold it is a
    DataError naming the options that shrink it, before anything is written), and
    the images are decoded a chunk at a time straight into the entry;
-3. the images are read into memory when they take under half of the free memory
-   (``data_on="auto"``) or when asked (``"memory"``), else left on disk as
-   :class:`~simsiam.data.disk.DiskImages` (``"disk"``; ``"gpu"`` leaves them for
-   the batch source to copy to the GPU in chunks).
+3. the images are read into memory, or left on disk as
+   :class:`~simsiam.data.disk.DiskImages`, as :func:`simsiam.data.batches.placement`
+   decides for ``data_on`` (``"gpu"`` leaves them on disk for the batch source to
+   copy to the GPU in chunks).
+
+Every option arrives in one :class:`DataOptions`.
 
 A cache folder that cannot be made at all (read-only, or a file in its place)
 costs only speed when the images fit in memory: they are decoded into memory,

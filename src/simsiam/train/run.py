@@ -99,8 +99,11 @@ def fit(
         run.expect(resume)
         given = cfg if resume else None
         cfg, resumed = _continue(run, cfg, overrides or {}) if resume else (cfg, None)
-        if resumed is not None and resumed.epochs_done is not None and resumed.epochs_done >= cfg.epochs:
+        finished = resumed is not None and resumed.epochs_done is not None and resumed.epochs_done >= cfg.epochs
+        if finished and all(f.is_file() for f in (run.metrics_json, run.backbone, run.training_png)):
             return _finished(run, cfg, resumed.epochs_done)  # nothing to train, nothing changed
+        # Finished but stopped before its results were written (killed at the very end): the run below trains no
+        # step and writes them.
         if resume:
             check_processes(cfg)  # the run's own --devices and --num-nodes, unless typed again
         cfg, notes = settle_data(run, cfg, given, record=rank0)  # absolute paths; on resume, the data checked against the run's
@@ -346,7 +349,10 @@ def _print_header(
     if resumed is not None and resumed.checkpoint is not None:
         steps = module.steps_per_epoch
         epoch, done = divmod(resumed.global_step, steps)
-        print(f"resuming from {resumed.checkpoint} (epoch {epoch + 1} of {cfg.epochs}, {done} of its {steps} steps done)")
+        if epoch >= cfg.epochs:
+            print(f"resuming from {resumed.checkpoint}: all {cfg.epochs} epochs are trained; writing the run's results")
+        else:
+            print(f"resuming from {resumed.checkpoint} (epoch {epoch + 1} of {cfg.epochs}, {done} of its {steps} steps done)")
 
 
 def _precision_note(cfg: TrainConfig, on_gpu: bool) -> str:
