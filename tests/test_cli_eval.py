@@ -112,6 +112,21 @@ def test_embed_writes_one_row_per_image(run, capsys, tmp_path, suffix):
     assert table["metadata"]["backbone"] == "resnet10-slim"
 
 
+def test_embed_unit_rows_and_projector_outputs_as_asked_and_recorded(run, capsys, tmp_path):
+    folder, images = run
+    out = tmp_path / "z.npz"
+    code, said, _ = run_cli(capsys, "embed", folder, images, "--out", out, "--features", "projector", "--normalize", "--no-progress")
+    assert code == 0 and "18 projector embeddings of 32 dimensions, unit length" in said
+    table = read_embeddings(out)
+    norms = np.linalg.norm(table["embedding"], axis=1)
+    assert table["embedding"].shape == (18, 32) and np.allclose(norms, 1, atol=1e-5)
+    assert table["metadata"]["features"] == "projector" and table["metadata"]["normalized"] is True
+    assert run_cli(capsys, "embed", folder, images, "--out", tmp_path / "b.npz", "--no-progress")[0] == 0
+    plain = read_embeddings(tmp_path / "b.npz")
+    assert plain["metadata"]["features"] == "backbone" and plain["metadata"]["normalized"] is False
+    assert not np.allclose(np.linalg.norm(plain["embedding"], axis=1), 1, atol=1e-3)  # as before: not normalised unless asked
+
+
 def is_png(path) -> bool:
     with Image.open(path) as img:
         return img.format == "PNG" and min(img.size) > 100
@@ -140,6 +155,21 @@ def test_export_both_formats(run, capsys, tmp_path):
     pytest.importorskip("onnx")
     code, out, _ = run_cli(capsys, "export", folder, "--format", "onnx", "--out", tmp_path / "b.onnx")
     assert code == 0 and (tmp_path / "b.onnx").stat().st_size > 0
+
+
+def test_export_safetensors_loads_without_pickle_strictly_into_the_network(run, capsys, tmp_path):
+    from safetensors.torch import load_file
+
+    folder, _ = run
+    out_file = tmp_path / "backbone.safetensors"
+    code, out, _ = run_cli(capsys, "export", folder, "--format", "safetensors", "--out", out_file)
+    assert code == 0 and "safetensors.torch.load_file(" in out
+    lines = out.split("load them with:\n", 1)[1].split("\ninputs:", 1)[0]
+    scope: dict = {}
+    exec("\n".join(line.strip() for line in lines.splitlines()), scope)  # the printed lines build the network and load it strictly
+    weights = load_file(out_file)
+    assert set(weights) == set(torch.load(folder / "backbone.pt")) and set(weights) == set(scope["net"].state_dict())
+    assert json.loads((tmp_path / "backbone.safetensors.json").read_text())["format"] == "safetensors"
 
 
 def one_line_error(code, out, err, *names):

@@ -79,10 +79,20 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
 def _embed_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         "One row per image of DATA: its path, its label and class when DATA has class subfolders, and its "
-        "backbone embedding (the features kNN and the linear probe use; not l2-normalised)."
+        "embedding: the backbone's features (those kNN and the linear probe use), or the projector's z; "
+        "l2-normalised with --normalize. The file records which."
     )
     _add_checkpoint_arguments(p)
     p.add_argument("--out", metavar="FILE", help=".parquet or .npz (default: embeddings.parquet in the run folder)")
+    p.add_argument(
+        "--features",
+        choices=["backbone", "projector"],
+        default="backbone",
+        help="backbone: the features kNN and the probe use (default); projector: z, the projection MLP's output",
+    )
+    p.add_argument(
+        "--normalize", action="store_true", help="l2-normalise every row (unit length), as cosine search and vector indexes want"
+    )
     p.set_defaults(handler=_embed)
 
 
@@ -124,11 +134,16 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         "torchvision: a state_dict that loads strictly into the backbone's own constructor (torchvision's with its "
         "classifier replaced by Identity, or timm.create_model for timm: backbones); the loading lines are printed and go into a JSON "
-        "description beside it. onnx: the feature graph, input 'images' (batch, C, S, S) normalised, output 'features' (batch, D), "
+        "description beside it; safetensors: the same state_dict as a safetensors file, read without unpickling. onnx: the feature graph, input 'images' (batch, C, S, S) normalised, output 'features' (batch, D), "
         "dynamic batch."
     )
     _add_checkpoint_arguments(p, data=False, features=False)
-    p.add_argument("--format", required=True, choices=["torchvision", "onnx"], help="torchvision state_dict or ONNX graph")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=["torchvision", "safetensors", "onnx"],
+        help="the backbone's state_dict as a torch file, or as safetensors (no pickle), or the ONNX feature graph",
+    )
     p.add_argument("--out", metavar="FILE", help="default: <backbone>.pt or <backbone>.onnx in the run folder")
     p.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset (default: 17)")
     p.set_defaults(handler=_export)
@@ -226,10 +241,14 @@ def _images(args: argparse.Namespace, cfg: Any, data: str | None) -> Any:
     return load(data, size, progress=args.progress, channels=cfg.model.channels or 3, cache_format=cfg.cache_format)
 
 
-def _features(args: argparse.Namespace, model: Any, cfg: Any, file: Path, images: Any) -> Any:
+def _features(args: argparse.Namespace, model: Any, cfg: Any, file: Path, images: Any, kind: str = "backbone") -> Any:
     from simsiam.evaluate import feature_cache_key, features_of
 
     key = feature_cache_key(file, images.images) if args.cache_features else None
+    if kind != "backbone":  # the projector's z: the same extraction, through backbone and projector
+        from simsiam.model.siamese import Projected
+
+        model, key = Projected(model), key and f"{key}-{kind}"
     mean, std = cfg.normalization()  # as in training
     feats, cache = features_of(
         model, images.images, _device(args.accelerator), args.batch_size, key, args.progress, mean, std, cfg.image_size, file
@@ -274,10 +293,16 @@ def _embed(args: argparse.Namespace) -> int:
 
     model, cfg, file, out = _open(args, "embeddings.parquet", EMBED_EXTENSIONS)
     images = _images(args, cfg, args.data)
-    feats = _features(args, model, cfg, file, images)  # (N, D)
+    feats = _features(args, model, cfg, file, images, kind=args.features)  # (N, D)
+    if args.normalize:
+        import torch.nn.functional as F
+
+        feats = F.normalize(feats, dim=1)  # unit rows: a dot product is the cosine similarity
     meta = {"checkpoint": str(file), "backbone": cfg.model.backbone, "image_size": cfg.image_size, "data": images.source}
+    meta.update(features=args.features, normalized=args.normalize)
     write_embeddings(out, feats, images, meta)
-    print(f"wrote {out}: {len(images)} embeddings of {feats.shape[1]} dimensions" + (", with labels" if images.labels is not None else ""))
+    what = f"{args.features} embeddings of {feats.shape[1]} dimensions" + (", unit length" if args.normalize else "")
+    print(f"wrote {out}: {len(images)} {what}" + (", with labels" if images.labels is not None else ""))
     return 0
 
 
@@ -326,7 +351,7 @@ def _map(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from simsiam.export import check_onnx, describe_input, export_onnx, export_torchvision, loading_code
 
-    suffixes = (".onnx",) if args.format == "onnx" else (".pt", ".pth")
+    suffixes = {"onnx": (".onnx",), "safetensors": (".safetensors",)}.get(args.format, (".pt", ".pth"))
     if args.format == "onnx":
         from simsiam.export import require_onnx
 
@@ -334,7 +359,7 @@ def _export(args: argparse.Namespace) -> int:
     # "timm:convnext_atto" -> timm_convnext_atto.pt: a colon is no file name character everywhere
     model, cfg, file, out = _open(args, lambda cfg: f"{cfg.model.backbone.replace(':', '_')}{suffixes[0]}", suffixes)
     size, dim, channels = cfg.image_size, model.feature_dim, cfg.model.channels or 3
-    if args.format == "torchvision":
+    if args.format in ("torchvision", "safetensors"):
         meta = export_torchvision(model, cfg, out, source=str(file))
         print(f"wrote {out}: {cfg.model.backbone} backbone weights, {dim}-d features, trained at {size}x{size} (description: {meta})")
         print("load them with:\n    " + "\n    ".join(loading_code(model, out)))

@@ -65,6 +65,8 @@ def loading_code(source: SimSiam | TrainConfig, file: str | Path, width: int | N
     from the network as built) and is ignored.
     """
     info = source.backbone_info if isinstance(source, SimSiam) else _backbone_info(source)
+    if str(file).endswith(".safetensors"):
+        return [*info.loading_lines, "import safetensors.torch", f"net.load_state_dict(safetensors.torch.load_file({str(file)!r}))"]
     return [*info.loading_lines, f"net.load_state_dict(torch.load({str(file)!r}))"]
 
 
@@ -116,6 +118,9 @@ def _description(model: SimSiam, cfg: TrainConfig) -> dict[str, Any]:
 def export_torchvision(model: SimSiam, cfg: TrainConfig, path: str | Path, source: str | None = None) -> Path:
     """Write the backbone's state_dict to ``path`` and a description beside it (``<path>.json``); returns that JSON's path.
 
+    A ``.safetensors`` path gets the safetensors format (tensors only, read without
+    unpickling: ``safetensors.torch.load_file``), any other torch's.
+
     The state_dict loads with strict=True into the network its library builds
     (torchvision's constructor with its classifier replaced by Identity, timm's
     ``create_model(NAME, num_classes=0, in_chans=C)``, ...) after the lines of
@@ -127,8 +132,15 @@ def export_torchvision(model: SimSiam, cfg: TrainConfig, path: str | Path, sourc
     meta_path = path.with_name(path.name + ".json")
     state = {k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_torch_atomic(state, path)
-    meta = {"format": "torchvision", **_description(model, cfg), "load": loading_code(model, path), "checkpoint": source}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save
+
+        with atomic_write(path, "wb") as fh:
+            fh.write(save({k: v.contiguous() for k, v in state.items()}, metadata={"format": "pt"}))
+    else:
+        save_torch_atomic(state, path)
+    kind = "safetensors" if path.suffix == ".safetensors" else "torchvision"
+    meta = {"format": kind, **_description(model, cfg), "load": loading_code(model, path), "checkpoint": source}
     write_json(meta_path, meta)
     return meta_path
 

@@ -193,3 +193,20 @@ class SimSiam(nn.Module):
         if self.stop_gradient:
             z1, z2 = z1.detach(), z2.detach()
         return p1, p2, z1, z2
+
+
+class Projected(nn.Module):
+    """A SimSiam whose ``features`` are the projector's z = f(x), not the backbone's: for embeddings of z.
+
+    >>> model = SimSiam("resnet10-tiny", proj_dim=64, proj_layers=2, pred_hidden_dim=16)
+    >>> Projected(model).eval().features(torch.zeros(2, 3, 32, 32)).shape
+    torch.Size([2, 64])
+    """
+
+    def __init__(self, model: SimSiam):
+        super().__init__()
+        self.model = model
+        self.feature_dim = model.out_dim
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encoder(x)  # (B, d)
