@@ -172,6 +172,25 @@ def test_export_safetensors_loads_without_pickle_strictly_into_the_network(run, 
     assert json.loads((tmp_path / "backbone.safetensors.json").read_text())["format"] == "safetensors"
 
 
+def test_export_onnx_dynamic_takes_other_image_sizes(run, capsys, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+
+    from simsiam import load_checkpoint
+
+    folder, _ = run
+    code, out, _ = run_cli(capsys, "export", folder, "--format", "onnx", "--dynamic", "--out", tmp_path / "d.onnx")
+    assert code == 0 and "batch size, height and width are dynamic" in out
+    assert "checked with onnxruntime at 16x16" in out and "checked with onnxruntime at 48x48" in out
+    model, _ = load_checkpoint(folder)
+    session = onnxruntime.InferenceSession(str(tmp_path / "d.onnx"), providers=["CPUExecutionProvider"])
+    for side in (24, 40):
+        x = torch.randn(2, 3, side, side)
+        (ours,) = session.run(["features"], {"images": x.numpy()})
+        with torch.no_grad():
+            assert torch.allclose(torch.from_numpy(ours), model.features(x), atol=1e-4)
+
+
 def one_line_error(code, out, err, *names):
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("simsiam ")

@@ -47,7 +47,7 @@ def train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[st
     Flags over a --config file over a recipe (named, or the default for this
     machine: the demo without DATA, the CPU-sized network on a CPU).
     """
-    from simsiam.config.layers import check, check_networks, check_paths, layered, load_yaml
+    from simsiam.config.layers import check, check_init_weights, check_networks, check_paths, layered, load_yaml
     from simsiam.config.recipes import default_recipe
     from simsiam.config.schema import TrainConfig
     from simsiam.options import flatten, given_flags
@@ -69,6 +69,7 @@ def train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[st
     check_paths(cfg, names)  # the paths typed or in --config; a checkpoint's own are checked where they are used
     if not args.resume:
         check_networks(cfg, names)  # with --image-size known, before DATA is decoded
+        check_init_weights(cfg, names)  # the file fits the backbone, before DATA is decoded
     return cfg, flags, names, note
 
 

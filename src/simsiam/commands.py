@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from simsiam.errors import ConfigError
-from simsiam.files import show_path
+from simsiam.files import error_text, show_path
 from simsiam.options import (
     MAX_BATCH,
     MAX_EPOCHS,
@@ -146,6 +146,9 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", metavar="FILE", help="default: <backbone>.pt or <backbone>.onnx in the run folder")
     p.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset (default: 17)")
+    p.add_argument(
+        "--dynamic", action="store_true", help="onnx: any image height and width, not only the training size (checked at two sizes)"
+    )
     p.set_defaults(handler=_export)
 
 
@@ -366,15 +369,22 @@ def _export(args: argparse.Namespace) -> int:
     else:
         import torch
 
-        export_onnx(model, cfg, out, opset=args.opset, source=str(file))
-        print(
-            f"wrote {out}: input 'images' (batch, {channels}, {size}, {size}) float32, output 'features' (batch, {dim}); batch size is dynamic"
-        )
-        try:
-            diff = check_onnx(model, out, torch.randn(3, channels, size, size))
-            print(f"checked with onnxruntime: largest difference from PyTorch {diff:.2e}")
-        except ImportError:
-            pass
+        export_onnx(model, cfg, out, opset=args.opset, source=str(file), dynamic=args.dynamic)
+        shape, dynamic = ("height, width", "batch size, height and width are") if args.dynamic else (f"{size}, {size}", "batch size is")
+        print(f"wrote {out}: input 'images' (batch, {channels}, {shape}) float32, output 'features' (batch, {dim}); {dynamic} dynamic")
+        sizes = (size, size + 32) if args.dynamic else (size,)
+        for s in sizes:
+            try:
+                diff = check_onnx(model, out, torch.randn(3, channels, s, s))
+            except ImportError:  # onnxruntime is optional: the graph is written, unchecked
+                break
+            except Exception as e:  # the graph refuses that size (a ViT is built for one): take it back
+                out.unlink(missing_ok=True)
+                raise ConfigError(
+                    f"--dynamic: the graph of {cfg.model.backbone} does not take {s}x{s} images ({error_text(e)}); "
+                    "export it without --dynamic"
+                ) from None
+            print(f"checked with onnxruntime at {s}x{s}: largest difference from PyTorch {diff:.2e}")
     print(f"inputs: {describe_input(cfg)}")
     return 0
 

@@ -156,10 +156,14 @@ class _Features(nn.Module):
         return self.model.features(images)
 
 
-def export_onnx(model: SimSiam, cfg: TrainConfig, path: str | Path, opset: int = 17, source: str | None = None) -> None:
+def export_onnx(
+    model: SimSiam, cfg: TrainConfig, path: str | Path, opset: int = 17, source: str | None = None, dynamic: bool = False
+) -> None:
     """Write an ONNX graph of ``SimSiam.features``: input ``images`` (batch, C, S, S), output ``features`` (batch, D).
 
-    The batch dimension is dynamic. The graph's metadata holds the backbone, the
+    The batch dimension is dynamic; with ``dynamic`` the height and width are too
+    (a ResNet or a ConvNet takes any size its downsampling leaves a map of; a ViT
+    is built for one size, so check the graph at the sizes you will feed it). The graph's metadata holds the backbone, the
     image size and the input normalisation. The graph is built in memory and
     written once, atomically. Needs the onnx package (RunError naming the extra
     to install, before any work, when it is missing).
@@ -181,7 +185,7 @@ def export_onnx(model: SimSiam, cfg: TrainConfig, path: str | Path, opset: int =
             dynamo=False,
             input_names=["images"],
             output_names=["features"],
-            dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+            dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}, "features": {0: "batch"}},
             opset_version=opset,
         )
     graph = onnx.load_model_from_string(buffer.getvalue())

@@ -32,7 +32,7 @@ from simsiam.settings import AugmentConfig, ModelConfig
 from simsiam.system import cpu_has_bf16_units
 
 __all__ = ["layered", "check", "resume_config", "resolve", "cpu_has_bf16_units", "default_precision", "save_yaml", "ConfigError"]
-__all__ += ["check_networks"]
+__all__ += ["check_networks", "check_init_weights"]
 # Re-exported from where they are defined: the schema, the recipes, and the reading of config files.
 __all__ += ["TrainConfig", "OptimConfig", "ModelConfig", "AugmentConfig", "COMPILE_MODES", "PRECISIONS", "ACCELERATORS", "MAX_IMAGE_SIZE"]
 __all__ += ["RECIPES", "recipe", "default_recipe", "load_yaml", "MAX_CONFIG_BYTES"]
@@ -88,6 +88,7 @@ def check_paths(cfg: TrainConfig, names: dict[str, str] | None = None) -> None:
     for key, problem in (
         ("data", cfg.data and existing_path(cfg.data)),
         ("val", cfg.val and existing_path(cfg.val)),
+        ("init_weights", cfg.init_weights and existing_path(cfg.init_weights)),
         ("out", cfg.out and output_problem(cfg.out, folder=True)),
     ):
         if problem:
@@ -183,6 +184,24 @@ def check_networks(cfg: TrainConfig, names: dict[str, str] | None = None) -> Non
     if cfg.image_size is not None:
         model = cfg.model.resolved(cfg.image_size, cfg.model.channels)
         _check_networks(dataclasses.replace(cfg, model=model), names or {}, size_from_data=False)
+
+
+def check_init_weights(cfg: TrainConfig, names: dict[str, str] | None = None) -> None:
+    """--init-weights read and held against the backbone (built on the meta device) before DATA is decoded."""
+    if cfg.init_weights is None:
+        return
+    import torch
+
+    from simsiam.model.backbones import build, load_weights, read_weights
+
+    model = cfg.model.resolved(cfg.image_size or 224, cfg.model.channels)
+    name = (names or {}).get("init_weights") or "--init-weights"
+    try:
+        with torch.device("meta"):
+            net, _ = build(model.backbone, small_images=bool(model.small_images), channels=model.channels or 3, image_size=cfg.image_size)
+        load_weights(net, read_weights(cfg.init_weights), strict=not cfg.init_weights_nonstrict, where=cfg.init_weights, load=False)
+    except ConfigError as e:
+        raise ConfigError(e.reason).named(name) from None
 
 
 def _check_networks(cfg: TrainConfig, names: dict[str, str], size_from_data: bool) -> None:

@@ -115,6 +115,20 @@ class TrainConfig:
         check=output_name_problem,
         help="run folder (default: runs/<data name>, numbered if taken)",
     )
+    init_weights: str | None = option(
+        None,
+        flag="--init-weights",
+        metavar="FILE",
+        check=path_problem,
+        help="start the backbone from these weights: simsiam's export, a torchvision or timm state_dict of the same network, "
+        "or a .safetensors file; the projector and predictor start fresh",
+    )
+    init_weights_nonstrict: bool = option(
+        False,
+        flag="--init-weights-nonstrict",
+        help="load the --init-weights tensors that fit and name the others, instead of refusing a file that does not fit exactly",
+    )
+    init_weights_sha256: str | None = option(None, help="the SHA-256 of --init-weights, recorded when the run starts")
     recipe: str | None = option(
         None,
         flag="--recipe",

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -369,3 +370,72 @@ def _side(t: torch.Tensor) -> int | None:
     if t.shape[2] == t.shape[3]:
         return int(t.shape[2])
     return int(t.shape[1]) if t.shape[1] == t.shape[2] else None
+
+
+# -- starting weights ----------------------------------------------------------------------------------
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state_dict from a file: safetensors, or a torch file read with weights_only=True (tensors, never code).
+
+    A torch file may hold the state_dict itself or wrap it under "state_dict" or
+    "model" (as training scripts save them). Anything else is one ConfigError naming the file.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a file of weights: a damaged zip, a pickle of objects, a safetensors header that lies
+        raise ConfigError(f"{path}: cannot read weights from it ({error_text(e, kind=True)})", key="init_weights") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ConfigError(f"{path}: not a state_dict (a mapping of names to tensors)", key="init_weights")
+    return state
+
+
+def load_weights(net: nn.Module, state: dict[str, torch.Tensor], strict: bool = True, where: str = "the file", load: bool = True) -> str:
+    """Load ``state`` into the backbone ``net``; returns one line saying what was loaded and what was not.
+
+    A classifier that SimSiam removed (an Identity in ``net``, such as torchvision's
+    ``fc``) drops its keys: a supervised checkpoint of the same network loads
+    strictly. Otherwise, with ``strict``, any missing, unexpected or misshapen
+    tensor is a ConfigError listing them; without, the tensors that fit are loaded
+    and the line names the others. ``load=False`` checks only (a network on the meta device).
+    """
+    dropped = [k for k in state if isinstance(_owner(net, k), nn.Identity)]
+    state = {k: v for k, v in state.items() if k not in dropped}
+    own = net.state_dict()
+    misshapen = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    problems = [
+        f"{len(x)} {what} ({_few(x)})" for x, what in ((missing, "missing"), (unexpected, "unexpected"), (misshapen, "misshapen")) if x
+    ]
+    if problems and strict:
+        raise ConfigError(
+            f"{where} does not fit this backbone: {'; '.join(problems)}; choose the matching --backbone, or "
+            "--init-weights-nonstrict to load what fits",
+            key="init_weights",
+        )
+    fits = {k: v for k, v in state.items() if k in own and k not in misshapen}
+    if load:
+        net.load_state_dict(fits, strict=False)
+    said = f"{len(fits)} of the backbone's {len(own)} tensors loaded"
+    said += f"; the removed classifier's {len(dropped)} left out" if dropped else ""
+    return said + (f"; not loaded: {'; '.join(problems)}" if problems else "")
+
+
+def _owner(net: nn.Module, key: str) -> nn.Module | None:
+    try:
+        return net.get_submodule(key.rsplit(".", 1)[0]) if "." in key else None
+    except AttributeError:
+        return None
+
+
+def _few(keys: list[str], shown: int = 4) -> str:
+    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -48,6 +50,7 @@ from simsiam.data.folder import DataOptions
 from simsiam.data.sources import ImageSet, channel_stats
 from simsiam.errors import CheckpointError, ConfigError, NonFiniteLossError, RunError, TrainingInterrupted
 from simsiam.files import atomic_write, os_error_text, save_torch_atomic, write_json
+from simsiam.model.backbones import load_weights, read_weights
 from simsiam.run_folder import RunFolder, settle_data
 from simsiam.settings import has_small_stem, small_stem
 from simsiam.system import cpu_has_bf16_units
@@ -112,7 +115,15 @@ def fit(
         L.seed_everything(cfg.seed, verbose=False)
         cfg, images = _load_images(dataclasses.replace(cfg, out=str(run.path)), run, progress and rank0)
         check_batch(cfg, len(images.train))
+        start = None
+        if cfg.init_weights is not None and resumed is None:  # a new run: its starting weights, and their hash in its config
+            cfg = dataclasses.replace(cfg, init_weights=os.path.abspath(cfg.init_weights), init_weights_sha256=_sha256(cfg.init_weights))
+            start = read_weights(cfg.init_weights)
         module = SimSiamModule(cfg.to_dict(), steps_per_epoch=len(images.train) // cfg.batch_size)
+        if start is not None:
+            said = load_weights(module.model.backbone, start, strict=not cfg.init_weights_nonstrict, where=cfg.init_weights)
+            rank_zero_only(print)(f"init weights: {cfg.init_weights} (sha256 {cfg.init_weights_sha256[:16]}...): {said}")
+            del start
         knn = OnlineKnn.of_config(images.bank, images.query, cfg) if images.bank is not None else None
         report, stop = EpochReport(run, cfg, knn), GracefulStop(run, cfg)
         own = [RankZeroRunFolder(run), *([knn] if knn else []), report, stop, ExactResume(cfg.seed)]  # the order they run in
@@ -163,6 +174,14 @@ def _continue(run: RunFolder, cfg: TrainConfig, given: dict[str, Any]) -> tuple[
     if resumed.checkpoint is None:
         rank_zero_only(print)(f"{run.path} has no checkpoint yet (the run stopped during its first epoch): starting it from the beginning")
     return dataclasses.replace(cfg, out=str(run.path)), resumed
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _epochs_done(state: dict[str, Any]) -> int | None:
