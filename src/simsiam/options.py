@@ -55,6 +55,7 @@ def option(
     check: Check | None = None,
     parse: Callable[[str], Any] | None = None,
     resumable: bool = False,
+    repeat: bool = False,
     default_factory: Any = dataclasses.MISSING,
 ) -> Any:
     """A dataclass field with its flag, help, choices, check and resume rule.
@@ -62,8 +63,9 @@ def option(
     ``flag`` is the command-line spelling (no flag: config-file only); a boolean
     gets ``--flag`` and ``--no-flag``. ``parse`` turns the flag's text into a value
     when the field's type alone cannot (an int or the word ``auto``, say).
+    ``repeat``: the flag may be given several times, each adding one value to a tuple.
     """
-    meta = dict(help=help, flag=flag, metavar=metavar, choices=choices, check=check, parse=parse, resumable=resumable)
+    meta = dict(help=help, flag=flag, metavar=metavar, choices=choices, check=check, parse=parse, resumable=resumable, repeat=repeat)
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -195,6 +197,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         base = _base_type(hint)
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif meta.get("repeat"):
+            kwargs.update(action="append", type=str, metavar=meta.get("metavar") or "TEXT")
         else:
             kwargs["type"] = meta.get("parse") or base
             if meta.get("choices"):

@@ -91,6 +91,40 @@ class OptimConfig:
     loss: str = option("cosine", flag="--loss", choices=LOSS_KINDS, help="D: negative cosine similarity, or the symmetrized cross-entropy")
 
 
+# Experiment loggers (Lightning's own): name -> the package it needs and the extra that installs it.
+LOGGERS = {"tensorboard": ("tensorboard", None), "csv": (None, None), "wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}
+LOGGER_OPTIONS = ("wandb.project", "wandb.name", "wandb.entity", "mlflow.tracking_uri", "mlflow.experiment", "mlflow.run_name")
+
+
+def logger_problem(names: tuple[str, ...]) -> str | None:
+    """An unknown logger, or one whose package is missing (the extra to install named), before any data is read."""
+    import importlib.util
+
+    from simsiam.options import closest
+
+    for name in names:
+        if name not in LOGGERS:
+            guess = closest(name, LOGGERS)
+            return f"unknown logger {name!r}" + (f"; did you mean {guess}?" if guess else f"; choose from {', '.join(LOGGERS)}")
+        package, extra = LOGGERS[name]
+        if package and importlib.util.find_spec(package) is None:
+            return f"{name} needs the {package} package: pip install 'simsiam[{extra}]'" if extra else f"{name} needs {package}"
+    return None if names else "name at least one logger"
+
+
+def logger_option_problem(items: tuple[str, ...]) -> str | None:
+    from simsiam.options import closest
+
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not value:
+            return f"expected KEY=VALUE, got {item!r}"
+        if key not in LOGGER_OPTIONS:
+            guess = closest(key, LOGGER_OPTIONS)
+            return f"unknown logger setting {key!r}" + (f"; did you mean {guess}?" if guess else f" (known: {', '.join(LOGGER_OPTIONS)})")
+    return None
+
+
 @dataclass
 class TrainConfig:
     """Everything ``simsiam train`` is told; ``config.yaml`` in a run folder is this, resolved.
@@ -114,6 +148,26 @@ class TrainConfig:
         metavar="DIR",
         check=output_name_problem,
         help="run folder (default: runs/<data name>, numbered if taken)",
+    )
+    logger: tuple[str, ...] = option(
+        ("tensorboard",),
+        flag="--logger",
+        metavar="NAME",
+        repeat=True,
+        check=logger_problem,
+        resumable=True,
+        help="where the metrics go besides metrics.csv: tensorboard, csv, wandb, mlflow; repeat for several (default: tensorboard)",
+    )
+    logger_option: tuple[str, ...] = option(
+        (),
+        flag="--logger-option",
+        metavar="KEY=VALUE",
+        repeat=True,
+        check=logger_option_problem,
+        resumable=True,
+        help="a logger's setting, repeatable: wandb.project=P, wandb.name=N, wandb.entity=E, mlflow.tracking_uri=URI, "
+        "mlflow.experiment=E, mlflow.run_name=N (default: project and experiment simsiam, named after the run folder, "
+        "MLflow in a file store in the run folder unless $MLFLOW_TRACKING_URI)",
     )
     init_weights: str | None = option(
         None,

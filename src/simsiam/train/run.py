@@ -49,7 +49,7 @@ from simsiam.config.schema import TrainConfig
 from simsiam.data.folder import DataOptions
 from simsiam.data.sources import ImageSet, channel_stats
 from simsiam.errors import CheckpointError, ConfigError, NonFiniteLossError, RunError, TrainingInterrupted
-from simsiam.files import atomic_write, os_error_text, save_torch_atomic, write_json
+from simsiam.files import atomic_write, error_text, os_error_text, save_torch_atomic, write_json
 from simsiam.model.backbones import load_weights, read_weights
 from simsiam.run_folder import RunFolder, settle_data
 from simsiam.settings import has_small_stem, small_stem
@@ -142,9 +142,17 @@ def fit(
             result.update(run_folder=str(run.path), config=cfg.to_dict())
             if trainer.is_global_zero:
                 _write_results(run, result, report.rows, module, knn_init)
+            _finish_loggers(trainer)
         return result
     finally:
         run.release()
+
+
+def _finish_loggers(trainer: L.Trainer) -> None:
+    """End the experiment loggers' runs (W&B writes its summary then), so that a next fit() in this process starts its own."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
+            logger.experiment.finish()
 
 
 # -- the steps of fit() ------------------------------------------------------------------------
@@ -291,12 +299,41 @@ def _knn_sets(cfg: TrainConfig, dataset: ImageSet, val: ImageSet | None) -> _Ima
     return _Images(dataset, train, train, query, note)
 
 
+def loggers(cfg: TrainConfig, run: RunFolder) -> list[Any]:
+    """Lightning's loggers named by --logger, each set up from --logger-option KEY=VALUE; every one gets the same metrics."""
+    settings = dict(item.partition("=")[::2] for item in cfg.logger_option)
+    made: list[Any] = []
+    for name in dict.fromkeys(cfg.logger):  # each once, in the order given
+        if name == "tensorboard":
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            made.append(TensorBoardLogger(save_dir=str(run.path), name="", version=run.tensorboard.name, default_hp_metric=False))
+        elif name == "csv":
+            from lightning.pytorch.loggers import CSVLogger
+
+            made.append(CSVLogger(save_dir=str(run.path), name="", version="csv"))  # <run>/csv/metrics.csv
+        elif name == "wandb":
+            from lightning.pytorch.loggers import WandbLogger
+
+            made.append(WandbLogger(project=settings.get("wandb.project", "simsiam"), name=settings.get("wandb.name", run.path.name),
+                                    entity=settings.get("wandb.entity"), save_dir=str(run.path)))  # fmt: skip
+        elif name == "mlflow":
+            from lightning.pytorch.loggers import MLFlowLogger
+
+            uri = settings.get("mlflow.tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+            if uri is None:  # our default: a file store in the run folder, which MLflow 3 wants opted into
+                uri = (run.path / "mlruns").resolve().as_uri()
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            made.append(MLFlowLogger(experiment_name=settings.get("mlflow.experiment", "simsiam"), tracking_uri=uri,
+                                     run_name=settings.get("mlflow.run_name", run.path.name)))  # fmt: skip
+    return made
+
+
 def _trainer(
     cfg: TrainConfig, run: RunFolder, module: SimSiamModule, callbacks: list[L.Callback], progress: bool, with_best: bool
 ) -> L.Trainer:
     """The Trainer: devices, precision, DDP, the two checkpoints, TensorBoard, the progress bar."""
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     # last.ckpt every --checkpoint-every epochs (default 1), so that a kill loses that
     # many epochs at most. Not save_last=True: with save_top_k=0 Lightning writes "last"
@@ -312,6 +349,10 @@ def _trainer(
     on_gpu, devices = uses_gpu(cfg), processes_per_node(cfg)
     world = devices * cfg.num_nodes
     try:
+        made_loggers = loggers(cfg, run)
+    except Exception as e:  # a tracking server that refuses, a project name W&B rejects: one line, before training
+        raise RunError(f"--logger: {' / '.join(cfg.logger)} could not start ({error_text(e, kind=True)})") from None
+    try:
         return L.Trainer(
             max_epochs=cfg.epochs,
             accelerator="gpu" if on_gpu else "cpu",
@@ -320,7 +361,7 @@ def _trainer(
             strategy=ddp_strategy(world),  # its waits for the other processes end, with a line saying what for
             sync_batchnorm=syncs_batchnorm(cfg, world),
             precision=cfg.precision,
-            logger=TensorBoardLogger(save_dir=str(run.path), name="", version=run.tensorboard.name, default_hp_metric=False),
+            logger=made_loggers,
             callbacks=[*callbacks, *checkpoints, *([ProgressBar(refresh_rate=10)] if progress else [])],
             plugins=[AtomicCheckpointIO()],  # last.ckpt is always whole: a kill mid-save leaves the previous one
             enable_progress_bar=progress,
