@@ -116,7 +116,7 @@ def test_embed_unit_rows_and_projector_outputs_as_asked_and_recorded(run, capsys
     folder, images = run
     out = tmp_path / "z.npz"
     code, said, _ = run_cli(capsys, "embed", folder, images, "--out", out, "--features", "projector", "--normalize", "--no-progress")
-    assert code == 0 and "18 projector embeddings of 32 dimensions, unit length" in said
+    assert code == 0 and "18 embeddings of 32 dimensions (projector features, unit length)" in said
     table = read_embeddings(out)
     norms = np.linalg.norm(table["embedding"], axis=1)
     assert table["embedding"].shape == (18, 32) and np.allclose(norms, 1, atol=1e-5)

@@ -304,8 +304,9 @@ def _embed(args: argparse.Namespace) -> int:
     meta = {"checkpoint": str(file), "backbone": cfg.model.backbone, "image_size": cfg.image_size, "data": images.source}
     meta.update(features=args.features, normalized=args.normalize)
     write_embeddings(out, feats, images, meta)
-    what = f"{args.features} embeddings of {feats.shape[1]} dimensions" + (", unit length" if args.normalize else "")
-    print(f"wrote {out}: {len(images)} {what}" + (", with labels" if images.labels is not None else ""))
+    kind = f"{args.features} features" + (", unit length" if args.normalize else "")
+    labels = ", with labels" if images.labels is not None else ""
+    print(f"wrote {out}: {len(images)} embeddings of {feats.shape[1]} dimensions ({kind}){labels}")
     return 0
 
 
