@@ -60,9 +60,8 @@ def train_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[st
         file_values = load_yaml(args.config) if args.config is not None else {}
     except ConfigError as e:  # the file itself: missing, unreadable, not YAML (its keys are named below, with the file)
         raise e.named("--config") from None
-    if flags.get("accelerator") == "gpu":
-        uses_gpu("gpu")  # refused at once without a GPU (a config file's value is checked with the run's other options)
-    on_gpu = uses_gpu("cpu" if flags.get("accelerator", file_values.get("accelerator")) == "cpu" else "auto")
+    # A typed --accelerator gpu without a GPU is refused here; a config file's value is checked with the run's other options.
+    on_gpu = uses_gpu(flags.get("accelerator") or ("cpu" if file_values.get("accelerator") == "cpu" else "auto"))
     auto, note = (None, None) if args.resume else default_recipe({**flatten(file_values), **flags}, on_gpu)
     cfg, names = layered(flags, file_values, args.config or "config", auto_recipe=auto)
     check(cfg, names)

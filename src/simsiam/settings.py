@@ -49,7 +49,8 @@ def has_small_stem(name: str) -> bool:
     return name in SLIM_WIDTHS or (name.startswith(RESNET_FAMILY) and name in torchvision_names())
 
 
-def _timm():
+def timm_or_none():
+    """The timm module when it is installed (the simsiam[timm] extra), else None."""
     try:
         import timm
     except ImportError:
@@ -64,7 +65,7 @@ def name_problem(name: str) -> str | None:
             f"{name!r} stands for a module passed to SimSiam(backbone=...); a config cannot rebuild it: build SimSiam(backbone=your_module)"
         )
     if name.startswith(TIMM):
-        timm = _timm()
+        timm = timm_or_none()
         if timm is None:
             return f"{name} needs timm: pip install 'simsiam[timm]'"
         if timm.is_model(name[len(TIMM) :]):

@@ -47,7 +47,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from simsiam.errors import ConfigError
 from simsiam.files import error_text
 from simsiam.model.adapt import first_conv_takes, module_expr, remove_classifier, resnet_stem
-from simsiam.settings import MODULE, RESNET_FAMILY, SLIM_WIDTHS, TIMM, _timm, has_small_stem, name_problem
+from simsiam.settings import MODULE, RESNET_FAMILY, SLIM_WIDTHS, TIMM, has_small_stem, name_problem, timm_or_none
 
 SMALL_STEM = "small-image stem (3x3 stride-1 conv1, no max-pool)"
 
@@ -201,7 +201,7 @@ def _size_refusal(name: str, builder, image_size: int, error: Exception) -> str:
 
 
 def _timm_net(model: str, channels: int, image_size: int | None) -> tuple[nn.Module, list[str]]:
-    timm = _timm()
+    timm = timm_or_none()
     args = dict(num_classes=0, in_chans=channels)
     try:
         try:  # ViT-like models are built for one size and take img_size; the others refuse it

@@ -150,8 +150,10 @@ def fit(
 
 def _finish_loggers(trainer: L.Trainer) -> None:
     """End the experiment loggers' runs (W&B writes its summary then), so that a next fit() in this process starts its own."""
+    from lightning.pytorch.loggers import WandbLogger  # Lightning's class: importing it does not import wandb
+
     for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             logger.experiment.finish()
 
 
