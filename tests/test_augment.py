@@ -5,7 +5,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from simsiam import Augment
-from simsiam.augment import shift_hue
+from simsiam.augment import adjust_brightness, adjust_contrast, adjust_saturation, shift_hue
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -71,6 +71,18 @@ def test_hue_matches_torchvision():
     ours = shift_hue(x, shift)
     ref = torch.stack([TF.adjust_hue(x[i], shift[i].item()) for i in range(6)])
     assert torch.allclose(ours, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [(adjust_brightness, TF.adjust_brightness), (adjust_contrast, TF.adjust_contrast), (adjust_saturation, TF.adjust_saturation)],
+)
+def test_colour_steps_match_torchvision(ours, theirs):
+    # In place, one factor per sample; the saturation step once took its gray from the already scaled image.
+    x = torch.rand(5, 3, 8, 8)
+    factor = torch.tensor([0.6, 0.8, 1.0, 1.2, 1.4])
+    ref = torch.stack([theirs(x[i], factor[i].item()) for i in range(5)])
+    assert torch.allclose(ours(x.clone(), factor), ref, atol=1e-5)
 
 
 def test_rotation_and_vertical_flip_options_run():

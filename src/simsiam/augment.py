@@ -329,7 +329,7 @@ def _per_channel(values, rgb_default: tuple[float, ...], key: str, channels: int
 
 # -- from pixel_ops.py ------------------------------------------------------------
 
-GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as torchvision's rgb_to_grayscale
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601 as torchvision rounds it (its rgb_to_grayscale)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -378,7 +378,8 @@ def adjust_contrast_per_channel(x: torch.Tensor, factor: torch.Tensor) -> torch.
 
 def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     f = factor[:, None, None, None]
-    return x.mul_(f).add_((1 - f) * grayscale(x)).clamp_(0, 1)
+    gray = grayscale(x)  # of x as it comes in: taken after x.mul_ below, it was f times too dark
+    return x.mul_(f).add_((1 - f) * gray).clamp_(0, 1)
 
 
 def shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
