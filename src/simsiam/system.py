@@ -12,10 +12,21 @@ True
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
-__all__ = ["uses_gpu", "gib", "memory_available", "fits_in_memory", "threads", "pool", "cpu_has_bf16_units"]
+__all__ = [
+    "uses_gpu",
+    "gib",
+    "memory_available",
+    "fits_in_memory",
+    "threads",
+    "cores",
+    "pool",
+    "cpu_has_bf16_units",
+    "OthersMeter",
+]
 
 
 def uses_gpu(accelerator: str | None = "auto") -> bool:
@@ -91,6 +102,11 @@ def pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=threads(), thread_name_prefix="simsiam")
 
 
+def cores() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cpu_has_bf16_units() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX).
 
@@ -104,3 +120,48 @@ def cpu_has_bf16_units() -> bool:
         return bool(probe and probe())
     except RuntimeError:
         return False
+
+
+class OthersMeter:
+    """How many of this process's CPUs the machine's other processes kept busy, between two readings.
+
+    From /proc/stat (the busy time of each CPU this process may run on) less this
+    process's own CPU time (``os.times``), over the wall time between readings.
+    ``reading()`` is None where /proc/stat is missing (not Linux) or unreadable.
+
+    >>> meter = OthersMeter()
+    >>> others = meter.reading()
+    >>> others is None or 0 <= others <= meter.cores
+    True
+    """
+
+    def __init__(self) -> None:
+        self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+        self.cores = cores()
+        self._last = self._sample()
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        """(wall seconds, busy seconds of our CPUs since boot, this process's CPU seconds)."""
+        try:
+            with open("/proc/stat") as fh:
+                text = fh.read()
+            tick = os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, AttributeError):
+            return None
+        busy = 0
+        for line in text.splitlines():
+            name, _, fields = line.partition(" ")
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in self.cpus:
+                user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields.split()[:7])
+                busy += user + nice + system + irq + softirq  # not idle, iowait, or steal (the hypervisor's)
+        own = os.times()
+        return time.monotonic(), busy / tick, own.user + own.system
+
+    def reading(self) -> float | None:
+        """CPUs' worth of the others' work since the last reading (or since this meter was made)."""
+        now, last = self._sample(), self._last
+        self._last = now
+        if now is None or last is None or now[0] - last[0] <= 0:
+            return None
+        others = (now[1] - last[1]) - (now[2] - last[2])
+        return min(float(self.cores), max(0.0, others / (now[0] - last[0])))

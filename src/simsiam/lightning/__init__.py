@@ -1,4 +1,4 @@
-"""SimSiam in your own Lightning Trainer: the module, the data module and the online kNN that ``simsiam train`` uses.
+"""SimSiam in your own Lightning Trainer: the module, the data module, the online kNN and the CPU thread share that ``simsiam train`` uses.
 
 >>> from simsiam.lightning import SimSiamModule, SimSiamDataModule, OnlineKnn  # doctest: +SKIP
 >>> module = SimSiamModule(backbone="resnet18", image_size=32, base_lr=0.03)  # doctest: +SKIP
@@ -19,6 +19,7 @@ _HOMES = {
     "SimSiamModule": "simsiam.train.module",
     "SimSiamDataModule": "simsiam.train.module",
     "OnlineKnn": "simsiam.train.callbacks",
+    "FairShare": "simsiam.train.callbacks",
 }
 __all__ = list(_HOMES)
 __getattr__ = partial(lazy.attribute, __name__, _HOMES)  # PEP 562

@@ -5,7 +5,9 @@
   the epoch line, the :class:`CollapseWarning`, ``knn_top1`` for the best checkpoint;
 - :class:`GracefulStop`: Ctrl-C saves a checkpoint between two steps and stops;
 - :class:`ExactResume`: each process's random stream, saved and restored, so a
-  resumed run continues bit for bit (on CPU) as if it had never stopped.
+  resumed run continues bit for bit (on CPU) as if it had never stopped;
+- :class:`FairShare`: on a CPU, the threads follow the cores the machine's other
+  processes leave free, so that a busy machine slows training in proportion.
 
 Each keeps its own state in checkpoints (``state_dict``). They run in the order
 :func:`simsiam.train.fit` lists them: the report before the stop (an epoch's row
@@ -24,6 +26,7 @@ Rank 0 speaks, every process takes part: the small pieces the callbacks and fit(
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -41,8 +44,18 @@ from simsiam.data.sources import ImageSet
 from simsiam.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from simsiam.evaluate import collapse_level, extract_features, knn_accuracy
 from simsiam.run_folder import RunFolder
+from simsiam.system import OthersMeter
 
-__all__ = ["CollapseWarning", "describe_collapse", "OnlineKnn", "share_bn_statistics", "EpochReport", "GracefulStop", "ExactResume"]
+__all__ = [
+    "CollapseWarning",
+    "describe_collapse",
+    "OnlineKnn",
+    "share_bn_statistics",
+    "EpochReport",
+    "GracefulStop",
+    "ExactResume",
+    "FairShare",
+]
 __all__ += ["say", "per_process", "ProgressBar", "RankZeroRunFolder"]  # shared with fit()
 
 
@@ -414,6 +427,59 @@ class ExactResume(L.Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if legacy := _legacy_state(self, checkpoint):
             self.load_state_dict({"rng": legacy.get("rng")})
+
+
+class FairShare(L.Callback):
+    """Training on a CPU that other processes share: as many threads as they leave cores free.
+
+    Every ``every`` seconds (at a step boundary) it reads how much of the machine the
+    other processes used since the last reading and sets torch's thread count; a
+    line says when it drops and when it comes back. It never goes above the count
+    the run started with, and stays out of the way where that count was chosen:
+    OMP_NUM_THREADS set, a GPU, or several processes (Lightning gives each its share).
+    """
+
+    def __init__(self, every: float = 2.0):
+        self.every = every
+        self.meter = OthersMeter()  # its first window runs from here (loading, setup) to the first step
+        self.ceiling: int | None = None
+        self._since = time.monotonic()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        chosen = "OMP_NUM_THREADS" in os.environ or pl_module.device.type != "cpu" or trainer.world_size > 1
+        self.ceiling = None if chosen else torch.get_num_threads()
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.ceiling is None or time.monotonic() - self._since < self.every:
+            return
+        self._since = time.monotonic()
+        others = self.meter.reading()
+        if others is None:
+            return
+        # Why not always one thread per core: torch's intra-op threads (OpenMP) meet at a
+        # barrier after every operation, and while one of them waits for a core the others
+        # spin. Beside busy processes each barrier waits for the scheduler to run every
+        # thread of the team, and a run with more threads than free cores fell to 5% of its
+        # speed (benchmarks/busy.py; a third would be its fair share). So the team shrinks to
+        # the cores the others leave free (rounded, so a background flicker keeps it whole)
+        # and grows back when they go. A run that changes its thread count rounds
+        # differently from one that does not: OMP_NUM_THREADS fixes the count.
+        threads = max(1, min(self.ceiling, round(self.meter.cores - others)))
+        now = torch.get_num_threads()
+        if threads == now:
+            return
+        torch.set_num_threads(threads)
+        if threads < now:
+            say(
+                trainer,
+                f"the machine is busy (other processes keep {others:.1f} of its {self.meter.cores} cores busy): training on {threads} thread{'s' if threads > 1 else ''}",
+            )
+        else:
+            say(trainer, f"the machine has {self.meter.cores - others:.1f} cores free again: training on {threads} threads")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.ceiling is not None:
+            torch.set_num_threads(self.ceiling)  # what comes after (the kNN, the next run in this process) as before
 
 
 def _legacy_state(callback: L.Callback, checkpoint: dict[str, Any]) -> dict[str, Any] | None:

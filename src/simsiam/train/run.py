@@ -54,7 +54,7 @@ from simsiam.model.backbones import load_weights, read_weights
 from simsiam.run_folder import RunFolder, settle_data
 from simsiam.settings import has_small_stem, small_stem
 from simsiam.system import cpu_has_bf16_units
-from simsiam.train.callbacks import EpochReport, ExactResume, GracefulStop, OnlineKnn, ProgressBar, RankZeroRunFolder
+from simsiam.train.callbacks import EpochReport, ExactResume, FairShare, GracefulStop, OnlineKnn, ProgressBar, RankZeroRunFolder
 from simsiam.train.launch import (
     LAUNCHERS,
     check_batch,
@@ -126,7 +126,7 @@ def fit(
             del start
         knn = OnlineKnn.of_config(images.bank, images.query, cfg) if images.bank is not None else None
         report, stop = EpochReport(run, cfg, knn), GracefulStop(run, cfg)
-        own = [RankZeroRunFolder(run), *([knn] if knn else []), report, stop, ExactResume(cfg.seed)]  # the order they run in
+        own = [RankZeroRunFolder(run), *([knn] if knn else []), report, stop, ExactResume(cfg.seed), FairShare()]  # the order they run in
         trainer = _trainer(cfg, run, module, [*own, *callbacks], progress and rank0, with_best=knn is not None)
         if trainer.is_global_zero:
             run.prepare(fresh=resumed is None or resumed.checkpoint is None)
