@@ -1,8 +1,8 @@
 """Training throughput, side by side in one run: this project end to end, the model step
-alone, and lightly's SimSiam recipe; plus the CPU augmentation rate and GPU JPEG decoding.
+alone, and lightly's SimSiam recipe; plus GPU JPEG decoding. The views alone on a CPU are
+benchmarks/views.py's; training on a busy CPU, benchmarks/busy.py's.
 
     python benchmarks/throughput.py gpu     --data DIR   # (a) ours end to end, (b) model step alone, (c) lightly
-    python benchmarks/throughput.py augment --data DIR   # CPU: Augment vs lightly's SimSiamTransform, 2 workers
     python benchmarks/throughput.py decode               # GPU vs CPU decoding of a synthetic folder of 256x256 JPEGs
     python benchmarks/throughput.py cpu [--data DIR]     # CPU: the step in float32 / channels_last / bf16; end to end vs lightly
 
@@ -32,7 +32,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from simsiam import Augment, SimSiam, simsiam_loss  # noqa: E402
-from simsiam.data import load
 
 
 def _sync(device: torch.device) -> None:
@@ -293,39 +292,6 @@ def gpu(args) -> None:
         Path(args.json).write_text(json.dumps({"device": name, "rows": rows, **extra}, indent=2))
 
 
-def augment(args) -> None:
-    """CPU: views per second from Augment on the uint8 cache vs lightly's transform in a 2-worker loader."""
-    torch.set_num_threads(args.threads)
-    images = load(args.data, progress=False).images[: args.limit]
-    n = images.shape[0]
-    aug = Augment(size=32, seed=0)
-    rows = []
-    for _ in range(2):  # the first pass warms up
-        start = time.perf_counter()
-        for batch in images.split(args.batch_size):
-            aug(batch), aug(batch)
-        elapsed = time.perf_counter() - start
-    rows.append((f"simsiam Augment, batched, {args.threads} threads", n / elapsed))
-    try:
-        os.environ.setdefault("LIGHTLY_DID_VERSION_CHECK", "True")
-        from lightly.data import LightlyDataset
-        from lightly.transforms import SimSiamTransform
-
-        dataset = LightlyDataset(args.data, transform=SimSiamTransform(input_size=32, gaussian_blur=0.0))
-        subset = torch.utils.data.Subset(dataset, range(n))
-        loader = torch.utils.data.DataLoader(subset, batch_size=args.batch_size, num_workers=args.workers, persistent_workers=True)
-        for _ in range(2):  # the first pass starts the workers and warms up, as ours does
-            start = time.perf_counter()
-            for _ in loader:
-                pass
-            elapsed = time.perf_counter() - start
-        rows.append((f"lightly SimSiamTransform, {args.workers} workers", n / elapsed))
-    except ImportError as e:
-        print(f"lightly not installed ({e}); its row is skipped")
-    print(f"{n} images of {args.data}, two views each, batch {args.batch_size}, {os.cpu_count()} CPU cores\n")
-    print(_table(rows, reference=rows[-1][0]))
-
-
 def cpu(args) -> None:
     """CPU training step (forward, loss, backward, SGD) in each precision and layout, side by side.
 
@@ -421,12 +387,6 @@ def main() -> None:
     g.add_argument("--no-compile", action="store_true")
     g.add_argument("--no-candidates", action="store_true", help="skip the CUDA-graph and compiled-augmentation rows")
     g.add_argument("--json")
-    a = sub.add_parser("augment")
-    a.add_argument("--data", required=True)
-    a.add_argument("--limit", type=int, default=5000)
-    a.add_argument("--batch-size", type=int, default=512)
-    a.add_argument("--workers", type=int, default=2)
-    a.add_argument("--threads", type=int, default=2)
     d = sub.add_parser("decode")
     d.add_argument("--count", type=int, default=4000)
     c = sub.add_parser("cpu")
@@ -435,7 +395,7 @@ def main() -> None:
     c.add_argument("--data", help="an image folder for the end-to-end rows (ours vs lightly); none: step rows only")
     c.add_argument("--lightly-steps", type=int, default=60)
     args = parser.parse_args()
-    {"gpu": gpu, "augment": augment, "decode": decode, "cpu": cpu}[args.mode](args)
+    {"gpu": gpu, "decode": decode, "cpu": cpu}[args.mode](args)
 
 
 if __name__ == "__main__":

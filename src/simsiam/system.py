@@ -12,8 +12,9 @@ True
 from __future__ import annotations
 
 import os
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from functools import cache
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "threads",
     "cores",
     "pool",
+    "torch_workers",
     "cpu_has_bf16_units",
     "OthersMeter",
 ]
@@ -105,6 +107,33 @@ def pool() -> ThreadPoolExecutor:
 def cores() -> int:
     """The CPUs this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@cache
+def torch_workers() -> ThreadPoolExecutor:
+    """Threads, one per core, whose torch operations each run on that thread alone.
+
+    For work cut into independent pieces that the threads take in turns (the views of
+    a batch, a few samples at a time): no OpenMP team, so no thread waits at a barrier
+    for another that the scheduler has set aside, and the pieces come out the same
+    whatever the number of threads.
+    """
+    import torch
+
+    n = cores()
+    ready = threading.Barrier(n + 1)
+
+    def one_thread() -> None:
+        torch.set_num_threads(1)
+        torch.get_num_threads()  # torch sets a thread's count once, from the process's: now, at 1
+
+    workers = ThreadPoolExecutor(max_workers=n, thread_name_prefix="simsiam-torch", initializer=one_thread)
+    own = torch.get_num_threads()
+    started = [workers.submit(ready.wait) for _ in range(n)]  # each holds a thread, so all n start now
+    ready.wait()
+    wait(started)
+    torch.set_num_threads(own)  # the process's count (and this thread's) as it was
+    return workers
 
 
 def cpu_has_bf16_units() -> bool:

@@ -106,6 +106,7 @@ class SimSiamModule(L.LightningModule):
         self._step_fn = self._compute  # replaced by its compiled version on fit start
         self._render = self.augment.apply  # likewise, with --compile-augment
         self._cudagraphs = False  # the compiled step replays CUDA graphs (--compile-mode reduce-overhead)
+        self._views: torch.Tensor | None = None  # the last step's views (CPU), written over by the next
 
     def setup(self, stage: str) -> None:
         if self.cfg.channels_last:
@@ -143,7 +144,12 @@ class SimSiamModule(L.LightningModule):
             # The parameters are drawn eagerly; only the rendering may be compiled.
             both = torch.cat([batch, batch])
             params = self.augment.sample(both.shape[0], both.shape[2], both.shape[3], both.device)
-            x1, x2 = self._render(both, params).chunk(2)  # (B, C, s, s) each
+            # On a CPU the views go into the last step's views, whose step is over: fresh
+            # memory would cost its first touch (Augment.apply).
+            reuse = self._views if self._views is not None and self._views.shape[0] == both.shape[0] else None
+            views = self._render(both, params, out=reuse)
+            self._views = views if views.device.type == "cpu" and not self._cudagraphs else None
+            x1, x2 = views.chunk(2)  # (B, C, s, s) each
         if self.cfg.channels_last:
             x1 = x1.contiguous(memory_format=torch.channels_last)
             x2 = x2.contiguous(memory_format=torch.channels_last)
