@@ -17,7 +17,7 @@ tensors and on CUDA tensors with no Python call per image:
 On a CPU a batch of photo-sized views goes through a few MB at a time, each group
 from resampling to normalisation while it is in the cache, the groups shared out
 to threads that each run their operations alone (``Augment._render_in_groups``
-says why): at 224 px that made the views 6x faster than whole-batch steps.
+says why): at 224 px the views are 3x what whole-batch steps made (benchmarks/views.py).
 
 One deliberate difference from torchvision's ColorJitter: brightness, contrast,
 saturation and hue are applied in that fixed order rather than a random order
