@@ -136,6 +136,12 @@ def torch_workers() -> ThreadPoolExecutor:
     return workers
 
 
+# A forked child has none of its parent's threads: it makes its own pools when it needs them.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=pool.cache_clear)
+    os.register_at_fork(after_in_child=torch_workers.cache_clear)
+
+
 def cpu_has_bf16_units() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX).
 
