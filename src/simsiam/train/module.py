@@ -145,10 +145,13 @@ class SimSiamModule(L.LightningModule):
             both = torch.cat([batch, batch])
             params = self.augment.sample(both.shape[0], both.shape[2], both.shape[3], both.device)
             # On a CPU the views go into the last step's views, whose step is over: fresh
-            # memory would cost its first touch (Augment.apply).
+            # memory would cost its first touch (Augment.apply). Not kept past an epoch's
+            # last step, so that the epoch-end work (the kNN) has that memory.
             reuse = self._views if self._views is not None and self._views.shape[0] == both.shape[0] else None
             views = self._render(both, params, out=reuse)
-            self._views = views if views.device.type == "cpu" and not self._cudagraphs else None
+            trainer = self._trainer
+            last = trainer is not None and batch_idx + 1 >= trainer.num_training_batches
+            self._views = views if views.device.type == "cpu" and not self._cudagraphs and not last else None
             x1, x2 = views.chunk(2)  # (B, C, s, s) each
         if self.cfg.channels_last:
             x1 = x1.contiguous(memory_format=torch.channels_last)
