@@ -138,6 +138,8 @@ def test_blur_matches_torchvision():
     ref = torch.stack([TF.gaussian_blur(x[i], [23, 23], [s.item()] * 2) for i, s in enumerate(sigma)])
     assert torch.allclose(ours, ref, atol=1e-4)
     assert torch.equal(gaussian_blur(x.clone(), torch.zeros(4), 23), x)  # sigma 0: unchanged
+    flat = torch.full((2, 3, 3, 3), 0.5)  # 3 px: a shorter kernel, still summing to 1
+    assert torch.allclose(gaussian_blur(flat.clone(), torch.tensor([1.0, 2.0]), 23), flat, atol=1e-6)
 
 
 def test_views_depend_on_neither_threads_nor_the_rest_of_the_batch():

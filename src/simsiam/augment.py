@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -66,8 +65,16 @@ def channel_note(channels: int) -> str | None:
     )
 
 
+class PerSample:
+    """A dataclass of tensors whose first dimension is the sample."""
+
+    def take(self, index: torch.Tensor | slice):
+        """The same fields for the samples ``index`` picks (an index tensor or a slice)."""
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
+
+
 @dataclass
-class ViewParams:
+class ViewParams(PerSample):
     """The random parameters of one batch of views; each field has one entry per sample."""
 
     crop: torch.Tensor  # (B, 4) centre x, centre y, width, height, as fractions of the source
@@ -82,10 +89,6 @@ class ViewParams:
     gray: torch.Tensor  # (B,) bool
     blur_sigma: torch.Tensor  # (B,) pixels, 0 = no blur
     solarize: torch.Tensor  # (B,) bool
-
-    def take(self, index: torch.Tensor | slice) -> ViewParams:
-        """The parameters of the samples ``index`` picks (an index tensor or a slice)."""
-        return ViewParams(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
 
 
 class Augment:
@@ -282,7 +285,6 @@ class Augment:
             gray=params.gray,
             blur=params.blur_sigma > 0,
             blur_taps=gaussian_taps(params.blur_sigma, half),
-            blur_reach=torch.clamp(torch.ceil(4 * params.blur_sigma), 0, half).int(),
             solarize=params.solarize,
         )
 
@@ -313,7 +315,7 @@ class Augment:
         shared = lanes > 1 and B > group
         if shared:
             group = min(group, math.ceil(B / lanes))
-        order = torch.argsort(steps.blur_reach, stable=True)
+        order = torch.argsort((steps.blur_taps > 0).sum(dim=1), stable=True)  # by kernel length
         coins = (2 * steps.jitter.int() + steps.gray.int())[order]
         order = order[torch.argsort(coins, stable=True)]
         groups = iter(order.split(group))
@@ -335,7 +337,7 @@ class Augment:
         x = adjust_brightness(x, steps.brightness)
         if self.channels != 3:  # contrast about each channel's own mean; the rest is for RGB
             x = adjust_contrast_per_channel(x, steps.contrast)
-            return blur_samples(x, steps) if self.blur_p > 0 else x
+            return blur_samples(x, steps.blur, steps.blur_taps) if self.blur_p > 0 else x
         x = adjust_contrast(x, steps.contrast)
         x = adjust_saturation(x, steps.saturation)
         if self.hue > 0:
@@ -343,7 +345,7 @@ class Augment:
         if self.grayscale_p > 0:
             x = where_samples(steps.gray, lambda i: grayscale(x[i]).expand(-1, 3, -1, -1), x)
         if self.blur_p > 0:
-            x = blur_samples(x, steps)
+            x = blur_samples(x, steps.blur, steps.blur_taps)
         if self.solarize_p > 0:
             x = torch.where(steps.solarize[:, None, None, None] & (x >= 0.5), 1.0 - x, x)
         return x
@@ -389,7 +391,7 @@ class Augment:
 
 
 @dataclass
-class Steps:
+class Steps(PerSample):
     """What the pixel steps need of each sample of a batch, from its :class:`ViewParams`."""
 
     affine: torch.Tensor  # (B, 6): output to input coordinates, x = a u + b v + c, y = d u + e v + f
@@ -401,12 +403,8 @@ class Steps:
     jitter: torch.Tensor  # (B,) bool
     gray: torch.Tensor  # (B,) bool
     blur: torch.Tensor  # (B,) bool
-    blur_taps: torch.Tensor  # (B, half + 1): the kernel from its centre out, zero past its reach
-    blur_reach: torch.Tensor  # (B,) int: taps on each side that are not zero
+    blur_taps: torch.Tensor  # (B, half + 1): the kernel from its centre out, zero past four sigmas
     solarize: torch.Tensor  # (B,) bool
-
-    def take(self, index: torch.Tensor | slice) -> Steps:
-        return Steps(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
 
 
 def normalization(mean, std, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -444,7 +442,7 @@ def _per_channel(values, rgb_default: tuple[float, ...], key: str, channels: int
     return values
 
 
-# -- from pixel_ops.py ------------------------------------------------------------
+# -- the pixel steps ---------------------------------------------------------------
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601 as torchvision rounds it (its rgb_to_grayscale)
 
@@ -575,35 +573,41 @@ def gaussian_taps(sigma: torch.Tensor, half: int) -> torch.Tensor:
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Separable Gaussian blur with one sigma per sample (:func:`gaussian_taps`); sigma 0 leaves the sample unchanged."""
-    B, C, H, W = x.shape
-    half = min(kernel_size // 2, H - 1, W - 1)
-    steps = dict(blur=sigma > 0, blur_taps=gaussian_taps(sigma, half), blur_reach=torch.clamp(torch.ceil(4 * sigma), 0, half).int())
-    return blur_samples(x, SimpleNamespace(**steps))
+    return blur_samples(x, sigma > 0, gaussian_taps(sigma, kernel_size // 2))
 
 
-def blur_samples(x: torch.Tensor, steps: Steps) -> torch.Tensor:
-    """``x`` (B, C, H, W) with each sample blurred by its own kernel (``steps.blur_taps``), unless its ``steps.blur`` is off.
+def blur_samples(x: torch.Tensor, blur: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, C, H, W) with each sample where ``blur`` is set blurred by its own kernel, ``taps`` (B, half + 1).
 
     On a CPU only the blurred samples are computed, in place, one run of them at a time
-    as sums of shifted copies, each as long as its longest kernel's reach: grouped
-    convolutions with the whole kernel were a third of the time for the views. On a
-    GPU every sample goes through one grouped convolution (a kernel of taps [1, 0, ...]
-    leaves a sample as it is).
+    as sums of shifted copies, each as long as its longest kernel: grouped convolutions
+    with the whole kernel were a third of the time for the views. On a GPU every sample
+    goes through one grouped convolution (a kernel of taps [1, 0, ...] leaves a sample
+    as it is).
     """
     B, C, H, W = x.shape
-    half = min(steps.blur_taps.shape[1] - 1, H - 1, W - 1)  # reflection padding needs pad < side
+    half = min(taps.shape[1] - 1, H - 1, W - 1)  # reflection padding needs pad < side: tiny images, shorter kernels
     if x.device.type != "cuda" and not torch.compiler.is_compiling():
-        for run in runs(steps.blur):
-            reach = min(half, int(steps.blur_reach[run].max()))
-            _blur_shifted(x[run], steps.blur_taps[run, : reach + 1])
+        for run in runs(blur):
+            reach = min(half, int((taps[run] > 0).sum(dim=1).max()) - 1)
+            _blur_shifted(x[run], _shortened(taps[run], reach))
         return x
-    taps = steps.blur_taps[:, : half + 1]
-    taps = taps / (2 * taps.sum(dim=1, keepdim=True) - taps[:, :1])  # tiny images: a shorter kernel, still summing to 1
+    taps = _shortened(taps, half)
     kernel = torch.cat([taps[:, 1:].flip(1), taps], dim=1).repeat_interleave(C, dim=0)  # (B*C, k): per sample and channel
     y = F.pad(x.reshape(1, B * C, H, W), (half, half, half, half), mode="reflect")
     y = F.conv2d(y, kernel[:, None, None, :], groups=B * C)  # along width
     y = F.conv2d(y, kernel[:, None, :, None], groups=B * C)  # along height
     return y.reshape(B, C, H, W)
+
+
+def _shortened(taps: torch.Tensor, half: int) -> torch.Tensor:
+    """The first half + 1 taps of each kernel; renormalised only where taps that are not zero go (tiny images)."""
+    if half + 1 >= taps.shape[1]:
+        return taps
+    cut = taps[:, : half + 1]
+    if taps.device.type != "cuda" and not torch.compiler.is_compiling() and not taps[:, half + 1 :].any():
+        return cut  # only zeros went: the kernels as they were, whatever the run they are in
+    return cut / (2 * cut.sum(dim=1, keepdim=True) - cut[:, :1])
 
 
 def _blur_shifted(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
